@@ -1,0 +1,279 @@
+// SPDX-License-Identifier: MIT
+// Multi-head attention with torch.nn.MultiheadAttention parity (eval mode).
+#pragma once
+
+#include "attend/attention/mask.hpp"
+#include "attend/attention/scaled_dot_product.hpp"
+#include "attend/core/errors.hpp"
+#include "attend/core/random.hpp"
+#include "attend/core/tensor.hpp"
+#include "attend/core/types.hpp"
+
+#include <Eigen/Core>
+
+#include <cmath>
+#include <cstdint>
+#include <string>
+
+namespace attend {
+
+/// Constructor options, named as torch.nn.MultiheadAttention's arguments.
+struct MultiheadAttentionOptions {
+  Index embed_dim = 0;       ///< E, the model width (required)
+  Index num_heads = 1;       ///< H; must divide embed_dim
+  bool bias = true;          ///< in_proj_bias and out_proj.bias present
+  Index kdim = 0;            ///< key width; 0 means embed_dim
+  Index vdim = 0;            ///< value width; 0 means embed_dim
+  bool batch_first = false;  ///< inputs [B, L, E] instead of [L, B, E]
+};
+
+/// Forward arguments, named as torch.nn.MultiheadAttention.forward's.
+struct MultiheadAttentionArgs {
+  /// Padding keys per sequence, e.g. `Mask::key_padding(padded)` ([B, S], true = padding) or
+  /// `Mask::key_padding_lengths(lengths, S)`.
+  Mask key_padding_mask;
+  /// Score mask broadcastable to [B, H, L, S]: `Mask::from_torch_mha(bool [L, S] or
+  /// [B * H, L, S], H)`, `Mask::from_torch_mha_additive(...)`, `Mask::causal()`, ...
+  Mask attn_mask;
+  bool need_weights = true;          ///< return attention weights
+  bool average_attn_weights = true;  ///< weights [B, L, S] averaged over heads, else [B, H, L, S]
+  /// Applies a causal mask (key j hidden from query i when j > i). Unlike PyTorch, where
+  /// is_causal is only a hint that attn_mask is causal, here it is the mask itself.
+  bool is_causal = false;
+};
+
+/// Multi-head attention: `concat_h(softmax(Q_h K_h^T / sqrt(d_k) + mask) V_h) W_o^T + b_o`,
+/// with `Q = query W_q^T + b_q`, `K = key W_k^T + b_k`, `V = value W_v^T + b_v`, d_k = E / H.
+///
+/// Parameters keep PyTorch's state-dict names and layouts: `in_proj_weight` [3E, E] packs
+/// W_q, W_k, W_v when kdim == vdim == E; otherwise `q_proj_weight` [E, E], `k_proj_weight`
+/// [E, kdim], `v_proj_weight` [E, vdim]; `in_proj_bias` [3E]; `out_proj.weight` [E, E] is
+/// `out_proj_weight`, `out_proj.bias` [E] is `out_proj_bias`. Heads are column blocks of
+/// the projected `[L, E]` matrices (no reshapes, no copies).
+/// \note Vaswani et al. 2017, section 3.2.2; torch.nn.MultiheadAttention (eval mode; dropout,
+///       add_bias_kv and add_zero_attn are not supported).
+template <typename Scalar>
+class MultiheadAttention {
+  static_assert(is_supported_scalar_v<Scalar>,
+                "attend::MultiheadAttention: Scalar must be float or double");
+
+ public:
+  MultiheadAttentionOptions options;
+  Matrix<Scalar> in_proj_weight;   // [3E, E] (packed) or empty
+  Matrix<Scalar> q_proj_weight;    // [E, E] (separate) or empty
+  Matrix<Scalar> k_proj_weight;    // [E, kdim] (separate) or empty
+  Matrix<Scalar> v_proj_weight;    // [E, vdim] (separate) or empty
+  Vector<Scalar> in_proj_bias;     // [3E] or empty when bias is false
+  Matrix<Scalar> out_proj_weight;  // [E, E], state-dict name out_proj.weight
+  Vector<Scalar> out_proj_bias;    // [E] or empty, state-dict name out_proj.bias
+
+  /// Parameters initialised as PyTorch does (Xavier-uniform projections, zero biases,
+  /// out_proj uniform(+-1/sqrt(E))), from `seed`.
+  /// \throws value_error when embed_dim or num_heads is not positive or H does not divide E.
+  explicit MultiheadAttention(const MultiheadAttentionOptions& opts, std::uint64_t seed = 0)
+      : options(opts) {
+    const std::string who = "MultiheadAttention";
+    if (options.embed_dim <= 0 || options.num_heads <= 0) {
+      throw value_error(who + ": embed_dim is " + std::to_string(options.embed_dim) +
+                        " and num_heads is " + std::to_string(options.num_heads) +
+                        ", expected both positive");
+    }
+    if (options.embed_dim % options.num_heads != 0) {
+      throw value_error(who + ": embed_dim " + std::to_string(options.embed_dim) +
+                        " is not divisible by num_heads " + std::to_string(options.num_heads));
+    }
+    if (options.kdim < 0 || options.vdim < 0) {
+      throw value_error(who + ": kdim and vdim must be non-negative (0 = embed_dim)");
+    }
+    if (options.kdim == 0) options.kdim = options.embed_dim;
+    if (options.vdim == 0) options.vdim = options.embed_dim;
+    const Index E = options.embed_dim;
+    Rng rng(seed);
+    if (packed()) {
+      in_proj_weight.resize(3 * E, E);
+      xavier_uniform(in_proj_weight, rng);
+    } else {
+      q_proj_weight.resize(E, E);
+      k_proj_weight.resize(E, options.kdim);
+      v_proj_weight.resize(E, options.vdim);
+      xavier_uniform(q_proj_weight, rng);
+      xavier_uniform(k_proj_weight, rng);
+      xavier_uniform(v_proj_weight, rng);
+    }
+    out_proj_weight.resize(E, E);
+    fill_uniform(out_proj_weight, 1.0 / std::sqrt(static_cast<double>(E)), rng);
+    if (options.bias) {
+      in_proj_bias = Vector<Scalar>::Zero(3 * E);
+      out_proj_bias = Vector<Scalar>::Zero(E);
+    }
+  }
+
+  /// True when Q/K/V projections are packed in `in_proj_weight` (kdim == vdim == E).
+  bool packed() const noexcept {
+    return options.kdim == options.embed_dim && options.vdim == options.embed_dim;
+  }
+  Index embed_dim() const noexcept { return options.embed_dim; }
+  Index num_heads() const noexcept { return options.num_heads; }
+  Index head_dim() const noexcept { return options.embed_dim / options.num_heads; }
+
+  /// Self-attention: key = value = query.
+  AttentionResult<Scalar> forward(const Tensor<Scalar>& query,
+                                  const MultiheadAttentionArgs& args = {}) const {
+    return forward_impl(query, query, query, args, true);
+  }
+
+  /// Attention of `query` over `key`/`value`.
+  /// \param query [L, B, E] ([B, L, E] when batch_first; [L, E] unbatched)
+  /// \param key [S, B, kdim] \param value [S, B, vdim] (same layout rules)
+  /// \returns output shaped as query; attn_weights [B, L, S] when averaged, else
+  ///          [B, H, L, S] ([L, S] / [H, L, S] unbatched), empty unless need_weights.
+  /// \throws shape_error on a wrong shape (naming the argument); value_error on NaN/Inf.
+  AttentionResult<Scalar> forward(const Tensor<Scalar>& query, const Tensor<Scalar>& key,
+                                  const Tensor<Scalar>& value,
+                                  const MultiheadAttentionArgs& args = {}) const {
+    return forward_impl(query, key, value, args, &query == &key && &key == &value);
+  }
+
+ private:
+  using Mat = Matrix<Scalar>;
+
+  // Copies sequence b of a [T, B, W] / [B, T, W] / [T, W] tensor into a [T, W] matrix.
+  Mat sequence(const Tensor<Scalar>& x, Index b) const {
+    if (x.rank() == 2) return x.as_matrix();
+    if (options.batch_first) return x.matrix(b);
+    const Index T = x.dim(0), B = x.dim(1), W = x.dim(2);
+    Mat out(T, W);
+    for (Index t = 0; t < T; ++t) out.row(t) = ConstMatrixMap<Scalar>(x.data(), T * B, W).row(t * B + b);
+    return out;
+  }
+
+  // The expected shape of an input with time extent named `t` and width W, as text.
+  std::string expected(Index B, const std::string& t, Index W, bool unbatched) const {
+    const std::string w = std::to_string(W);
+    if (unbatched) return "[" + t + ", " + w + "]";
+    const std::string b = std::to_string(B);
+    return options.batch_first ? "[" + b + ", " + t + ", " + w + "]"
+                               : "[" + t + ", " + b + ", " + w + "]";
+  }
+
+  AttentionResult<Scalar> forward_impl(const Tensor<Scalar>& query, const Tensor<Scalar>& key,
+                                       const Tensor<Scalar>& value,
+                                       const MultiheadAttentionArgs& args, bool self) const {
+    const std::string who = "MultiheadAttention::forward";
+    const Index E = options.embed_dim, H = options.num_heads, dh = head_dim();
+    if (query.rank() != 2 && query.rank() != 3) {
+      throw shape_error(who + ": query is " + detail::shape_string(query.shape()) + ", expected " +
+                        (options.batch_first ? "[B, L, " : "[L, B, ") + std::to_string(E) +
+                        "] or [L, " + std::to_string(E) + "]");
+    }
+    const bool unbatched = query.rank() == 2;
+    const Index B = unbatched ? 1 : (options.batch_first ? query.dim(0) : query.dim(1));
+    const Index L = unbatched ? query.dim(0) : (options.batch_first ? query.dim(1) : query.dim(0));
+    if (query.dim(-1) != E) {
+      throw shape_error(who + ": query is " + detail::shape_string(query.shape()) + ", expected " +
+                        expected(B, "L", E, unbatched) + " (embed_dim)");
+    }
+    const auto seq_len = [&](const Tensor<Scalar>& t) {
+      return unbatched ? t.dim(0) : (options.batch_first ? t.dim(1) : t.dim(0));
+    };
+    const auto batch_of = [&](const Tensor<Scalar>& t) {
+      return unbatched ? 1 : (options.batch_first ? t.dim(0) : t.dim(1));
+    };
+    if (key.rank() != query.rank() || batch_of(key) != B || key.dim(-1) != options.kdim) {
+      throw shape_error(who + ": key is " + detail::shape_string(key.shape()) + ", expected " +
+                        expected(B, "S", options.kdim, unbatched) + " (kdim)");
+    }
+    const Index S = seq_len(key);
+    if (value.rank() != query.rank() || batch_of(value) != B || seq_len(value) != S ||
+        value.dim(-1) != options.vdim) {
+      throw shape_error(who + ": value is " + detail::shape_string(value.shape()) + ", expected " +
+                        expected(B, std::to_string(S), options.vdim, unbatched) + " (vdim)");
+    }
+    args.key_padding_mask.check(B, 1, 1, S, who, "key_padding_mask");
+    args.attn_mask.check(B, H, L, S, who, "attn_mask");
+    detail::check_finite(query.as_matrix(), who, "query");
+    if (!self) {
+      detail::check_finite(key.as_matrix(), who, "key");
+      detail::check_finite(value.as_matrix(), who, "value");
+    }
+    Mask mask = args.key_padding_mask & args.attn_mask;
+    if (args.is_causal) mask = mask & Mask::causal(0);
+
+    const Scalar scale = static_cast<Scalar>(1.0 / std::sqrt(static_cast<double>(dh)));
+    Shape out_shape = query.shape();
+    AttentionResult<Scalar> result{Tensor<Scalar>(out_shape), Tensor<Scalar>()};
+    if (args.need_weights) {
+      Shape ws = args.average_attn_weights ? Shape{B, L, S} : Shape{B, H, L, S};
+      if (unbatched) ws.erase(ws.begin());
+      result.attn_weights = Tensor<Scalar>(ws);
+    }
+    Mat q(L, E), k(S, E), v(S, E);  // [L, E], [S, E], [S, E] projections of one sequence
+    Mat heads(L, E);                 // [L, E] concatenated head outputs
+    Mat w(L, S);                     // [L, S] one head's weights
+    Mat out(L, E);                   // [L, E]
+    for (Index b = 0; b < B; ++b) {
+      project(sequence(query, b), self ? nullptr : &key, self ? nullptr : &value, b, q, k, v);
+      Mat avg;
+      if (args.need_weights && args.average_attn_weights) avg = Mat::Zero(L, S);
+      for (Index h = 0; h < H; ++h) {
+        detail::attention_head_reference<Scalar>(q.middleCols(h * dh, dh), k.middleCols(h * dh, dh),
+                                                 v.middleCols(h * dh, dh), mask, b, h, scale,
+                                                 heads.middleCols(h * dh, dh), w);
+        if (args.need_weights) {
+          if (args.average_attn_weights) {
+            avg += w;
+          } else {
+            MatrixMap<Scalar>(result.attn_weights.data() + (b * H + h) * L * S, L, S) = w;
+          }
+        }
+      }
+      if (args.need_weights && args.average_attn_weights) {
+        MatrixMap<Scalar>(result.attn_weights.data() + b * L * S, L, S) = avg / Scalar(H);
+      }
+      out.noalias() = heads * out_proj_weight.transpose();
+      if (options.bias) out.rowwise() += out_proj_bias.transpose();
+      store(out, b, B, result.output, unbatched);
+    }
+    return result;
+  }
+
+  // Q/K/V projections of sequence b. Self-attention uses one [L, 3E] product.
+  void project(const Mat& xq, const Tensor<Scalar>* key, const Tensor<Scalar>* value, Index b,
+               Mat& q, Mat& k, Mat& v) const {
+    const Index E = options.embed_dim;
+    if (packed() && key == nullptr) {
+      const Mat qkv = xq * in_proj_weight.transpose();  // [L, 3E]
+      q = qkv.leftCols(E);
+      k = qkv.middleCols(E, E);
+      v = qkv.rightCols(E);
+    } else if (packed()) {
+      q.noalias() = xq * in_proj_weight.topRows(E).transpose();
+      k.noalias() = sequence(*key, b) * in_proj_weight.middleRows(E, E).transpose();
+      v.noalias() = sequence(*value, b) * in_proj_weight.bottomRows(E).transpose();
+    } else {
+      q.noalias() = xq * q_proj_weight.transpose();
+      k.noalias() = (key ? sequence(*key, b) : xq) * k_proj_weight.transpose();
+      v.noalias() = (value ? sequence(*value, b) : xq) * v_proj_weight.transpose();
+    }
+    if (options.bias) {
+      q.rowwise() += in_proj_bias.head(E).transpose();
+      k.rowwise() += in_proj_bias.segment(E, E).transpose();
+      v.rowwise() += in_proj_bias.tail(E).transpose();
+    }
+  }
+
+  // Writes sequence b's [L, E] output into the [L, B, E] / [B, L, E] / [L, E] result.
+  void store(const Mat& out, Index b, Index B, Tensor<Scalar>& dst, bool unbatched) const {
+    const Index L = out.rows(), E = out.cols();
+    if (unbatched) {
+      dst.as_matrix() = out;
+    } else if (options.batch_first) {
+      dst.matrix(b) = out;
+    } else {
+      MatrixMap<Scalar> all(dst.data(), L * B, E);
+      for (Index t = 0; t < L; ++t) all.row(t * B + b) = out.row(t);
+    }
+  }
+};
+
+}  // namespace attend

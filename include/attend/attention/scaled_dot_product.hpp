@@ -1,0 +1,188 @@
+// SPDX-License-Identifier: MIT
+// Scaled dot-product attention, the readable reference: softmax(scale * Q K^T + mask) V.
+#pragma once
+
+#include "attend/attention/mask.hpp"
+#include "attend/core/errors.hpp"
+#include "attend/core/tensor.hpp"
+#include "attend/core/types.hpp"
+#include "attend/ops/softmax.hpp"
+
+#include <Eigen/Core>
+
+#include <cmath>
+#include <optional>
+#include <string>
+
+namespace attend {
+
+/// Output and attention weights of an attention call on tensors.
+template <typename Scalar>
+struct AttentionResult {
+  Tensor<Scalar> output;        ///< [..., L, d_v]
+  Tensor<Scalar> attn_weights;  ///< [..., L, S]; empty when weights were not requested
+};
+
+namespace detail {
+
+/// Throws value_error naming `arg` and the flat index when `x` holds NaN or Inf.
+template <typename Derived>
+void check_finite(const Eigen::MatrixBase<Derived>& x, const std::string& who,
+                  const std::string& arg) {
+  for (Index i = 0; i < x.rows(); ++i) {
+    for (Index j = 0; j < x.cols(); ++j) {
+      if (!std::isfinite(x(i, j))) {
+        throw value_error(who + ": " + arg + " has a non-finite value (" +
+                          std::to_string(static_cast<double>(x(i, j))) + ") at [" +
+                          std::to_string(i) + ", " + std::to_string(j) + "]");
+      }
+    }
+  }
+}
+
+/// The scale to use: given, or 1/sqrt(d_k). Throws value_error when not finite.
+inline double attention_scale(std::optional<double> scale, Index d_k, const std::string& who) {
+  if (!scale) return 1.0 / std::sqrt(static_cast<double>(d_k));
+  if (!std::isfinite(*scale)) {
+    throw value_error(who + ": scale is " + std::to_string(*scale) + ", expected a finite value");
+  }
+  return *scale;
+}
+
+/// One head of reference attention. No checks: the caller validated shapes and mask.
+/// \param q [L, d_k] \param k [S, d_k] \param v [S, d_v] \param out [L, d_v] (written)
+/// \param weights [L, S] (written): the softmax of the masked, scaled scores.
+template <typename S>
+void attention_head_reference(const MatrixCRef<S>& q, const MatrixCRef<S>& k,
+                              const MatrixCRef<S>& v, const Mask& mask, Index b, Index h, S scale,
+                              MatrixRef<S> out, MatrixRef<S> weights) {
+  weights.noalias() = (q * k.transpose()) * scale;  // [L, S] scaled scores
+  mask.apply<S>(b, h, 0, 0, weights);
+  softmax_rows_inplace<S>(weights);  // fully masked rows become zeros
+  out.noalias() = weights * v;       // [L, d_v]
+}
+
+}  // namespace detail
+
+/// Scaled dot-product attention of one head: `softmax(scale * q k^T + mask) v`.
+/// \param q [L, d_k] queries \param k [S, d_k] keys \param v [S, d_v] values
+/// \param mask broadcastable to [1, 1, L, S] (causal, padding, deny/allow, additive)
+/// \param scale defaults to 1/sqrt(d_k)
+/// \param weights if not null, receives the [L, S] attention weights
+/// \returns [L, d_v]; a query whose keys are all masked gets a zero row.
+/// \throws shape_error on inconsistent shapes; value_error on NaN/Inf inputs or scale.
+/// \note Vaswani et al. 2017, eq. 1; PyTorch F.scaled_dot_product_attention (whose bool
+///       masks mean true = attend: use Mask::from_torch_sdpa).
+/// \sa multi-head attention in multihead.hpp
+template <typename DQ, typename DK, typename DV>
+Matrix<typename DQ::Scalar> scaled_dot_product_attention(
+    const Eigen::MatrixBase<DQ>& q, const Eigen::MatrixBase<DK>& k, const Eigen::MatrixBase<DV>& v,
+    const Mask& mask = Mask(), std::optional<double> scale = std::nullopt,
+    Matrix<typename DQ::Scalar>* weights = nullptr) {
+  using S = typename DQ::Scalar;
+  static_assert(is_supported_scalar_v<S>,
+                "attend::scaled_dot_product_attention: Scalar must be float or double");
+  const std::string who = "scaled_dot_product_attention";
+  if (k.cols() != q.cols()) {
+    throw shape_error(who + ": key is " + detail::matrix_shape(k) + ", expected [S, " +
+                      std::to_string(q.cols()) + "] (d_k of query)");
+  }
+  if (v.rows() != k.rows()) {
+    throw shape_error(who + ": value is " + detail::matrix_shape(v) + ", expected [" +
+                      std::to_string(k.rows()) + ", d_v] (S of key)");
+  }
+  detail::check_finite(q, who, "query");
+  detail::check_finite(k, who, "key");
+  detail::check_finite(v, who, "value");
+  const Index L = q.rows();
+  const Index Sk = k.rows();
+  mask.check(1, 1, L, Sk, who, "mask");
+  const S sc = static_cast<S>(detail::attention_scale(scale, q.cols(), who));
+  const Matrix<S> qe = q, ke = k, ve = v;
+  Matrix<S> out(L, v.cols());
+  Matrix<S> w(L, Sk);
+  detail::attention_head_reference<S>(qe, ke, ve, mask, 0, 0, sc, out, w);
+  if (weights) *weights = std::move(w);
+  return out;
+}
+
+/// Batched scaled dot-product attention on tensors `[B, H, L, d]`, `[B, L, d]` or `[L, d]`.
+///
+/// Masks broadcast against `[B, H, L, S]` as in PyTorch; for rank-3 inputs `[N, L, d]` the
+/// leading dimension plays the role of H, so a rank-3 mask `[N, L, S]` lines up with it.
+/// \param query [..., L, d_k] \param key [..., S, d_k] \param value [..., S, d_v]
+/// \param need_weights when false, `attn_weights` is left empty
+/// \returns output [..., L, d_v] and attn_weights [..., L, S]
+/// \throws shape_error on rank or extent mismatch; value_error on NaN/Inf or a bad scale.
+template <typename S>
+AttentionResult<S> scaled_dot_product_attention(const Tensor<S>& query, const Tensor<S>& key,
+                                                const Tensor<S>& value, const Mask& mask = Mask(),
+                                                std::optional<double> scale = std::nullopt,
+                                                bool need_weights = true) {
+  static_assert(is_supported_scalar_v<S>,
+                "attend::scaled_dot_product_attention: Scalar must be float or double");
+  const std::string who = "scaled_dot_product_attention";
+  const Index r = query.rank();
+  if (r < 2 || r > 4) {
+    throw shape_error(who + ": query is " + detail::shape_string(query.shape()) +
+                      ", expected rank 2 to 4 ([B, H, L, d_k])");
+  }
+  Shape want_k = query.shape();
+  want_k[static_cast<std::size_t>(r - 2)] = -1;  // S is free
+  const auto matches = [&](const Tensor<S>& t, const Shape& want, std::size_t free_dim) {
+    if (t.rank() != r) return false;
+    for (std::size_t i = 0; i < want.size(); ++i) {
+      if (i != free_dim && t.shape()[i] != want[i]) return false;
+    }
+    return true;
+  };
+  const auto shape_with_names = [&](Shape s, std::size_t i, const char* name) {
+    std::string out = "[";
+    for (std::size_t j = 0; j < s.size(); ++j) {
+      if (j) out += ", ";
+      out += (j == i) ? std::string(name) : std::to_string(s[j]);
+    }
+    return out + "]";
+  };
+  const std::size_t sdim = static_cast<std::size_t>(r - 2);
+  if (!matches(key, want_k, sdim)) {
+    throw shape_error(who + ": key is " + detail::shape_string(key.shape()) + ", expected " +
+                      shape_with_names(want_k, sdim, "S"));
+  }
+  Shape want_v = key.shape();
+  if (!matches(value, want_v, static_cast<std::size_t>(r - 1))) {
+    throw shape_error(who + ": value is " + detail::shape_string(value.shape()) + ", expected " +
+                      shape_with_names(want_v, static_cast<std::size_t>(r - 1), "d_v"));
+  }
+  // Canonical [B, H] leading extents: rank 3 puts its leading dim in the H slot.
+  const Index B = r == 4 ? query.dim(0) : 1;
+  const Index H = r == 4 ? query.dim(1) : (r == 3 ? query.dim(0) : 1);
+  const Index L = query.dim(-2), Sk = key.dim(-2), d_k = query.dim(-1), d_v = value.dim(-1);
+  mask.check(B, H, L, Sk, who, "attn_mask");
+  detail::check_finite(query.as_matrix(), who, "query");
+  detail::check_finite(key.as_matrix(), who, "key");
+  detail::check_finite(value.as_matrix(), who, "value");
+  const S sc = static_cast<S>(detail::attention_scale(scale, d_k, who));
+
+  Shape out_shape = query.shape();
+  out_shape.back() = d_v;
+  Shape w_shape = query.shape();
+  w_shape.back() = Sk;
+  AttentionResult<S> result{Tensor<S>(out_shape),
+                            need_weights ? Tensor<S>(w_shape) : Tensor<S>()};
+  Matrix<S> w(L, Sk);  // [L, S] workspace, reused for every head
+  for (Index b = 0; b < B; ++b) {
+    for (Index h = 0; h < H; ++h) {
+      const Index n = b * H + h;  // flat index of the [L, d] matrix
+      const ConstMatrixMap<S> q(query.data() + n * L * d_k, L, d_k);
+      const ConstMatrixMap<S> k(key.data() + n * Sk * d_k, Sk, d_k);
+      const ConstMatrixMap<S> v(value.data() + n * Sk * d_v, Sk, d_v);
+      MatrixMap<S> out(result.output.data() + n * L * d_v, L, d_v);
+      detail::attention_head_reference<S>(q, k, v, mask, b, h, sc, out, w);
+      if (need_weights) MatrixMap<S>(result.attn_weights.data() + n * L * Sk, L, Sk) = w;
+    }
+  }
+  return result;
+}
+
+}  // namespace attend
