@@ -8,6 +8,7 @@
 #include "attend/core/random.hpp"
 #include "attend/core/tensor.hpp"
 #include "attend/core/types.hpp"
+#include "attend/io/state_dict.hpp"
 
 #include <Eigen/Core>
 
@@ -106,6 +107,28 @@ class MultiheadAttention {
       in_proj_bias = Vector<Scalar>::Zero(3 * E);
       out_proj_bias = Vector<Scalar>::Zero(E);
     }
+  }
+
+  /// Replaces every parameter with the tensors of a PyTorch state dict (`prefix` + name,
+  /// e.g. prefix "self_attn." for a transformer layer), checking shapes against the options.
+  /// \throws index_error when a parameter is missing; shape_error when one has the wrong
+  ///   shape; value_error when one holds NaN/Inf. On error nothing is changed.
+  void load_state_dict(const SafeTensors& st, const std::string& prefix = "") {
+    const Index E = options.embed_dim;
+    MultiheadAttention m = *this;  // load into a copy: all or nothing
+    if (packed()) {
+      m.in_proj_weight = load_matrix<Scalar>(st, prefix + "in_proj_weight", 3 * E, E);
+    } else {
+      m.q_proj_weight = load_matrix<Scalar>(st, prefix + "q_proj_weight", E, E);
+      m.k_proj_weight = load_matrix<Scalar>(st, prefix + "k_proj_weight", E, options.kdim);
+      m.v_proj_weight = load_matrix<Scalar>(st, prefix + "v_proj_weight", E, options.vdim);
+    }
+    m.out_proj_weight = load_matrix<Scalar>(st, prefix + "out_proj.weight", E, E);
+    if (options.bias) {
+      m.in_proj_bias = load_vector<Scalar>(st, prefix + "in_proj_bias", 3 * E);
+      m.out_proj_bias = load_vector<Scalar>(st, prefix + "out_proj.bias", E);
+    }
+    *this = std::move(m);
   }
 
   /// True when Q/K/V projections are packed in `in_proj_weight` (kdim == vdim == E).

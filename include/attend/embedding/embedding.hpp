@@ -6,6 +6,7 @@
 #include "attend/core/random.hpp"
 #include "attend/core/tensor.hpp"
 #include "attend/core/types.hpp"
+#include "attend/io/state_dict.hpp"
 
 #include <Eigen/Core>
 
@@ -64,6 +65,23 @@ class Embedding {
     e.padding_idx = normalize_padding(padding, w.rows());
     e.weight = std::move(w);
     return e;
+  }
+
+  /// Loads `prefix + "weight"` [V, D] from a PyTorch state dict.
+  /// \throws index_error when missing; value_error on NaN/Inf or a bad padding_idx.
+  static Embedding from_state_dict(const SafeTensors& st, const std::string& prefix = "",
+                                   std::optional<Index> padding = std::nullopt) {
+    const std::string name = prefix + "weight";
+    if (!st.contains(name)) {
+      throw index_error("Embedding::from_state_dict: no parameter named '" + name + "' in " +
+                        st.source());
+    }
+    const Shape& s = st.shape(name);
+    if (s.size() != 2) {
+      throw shape_error("Embedding::from_state_dict: '" + name + "' is " + detail::shape_string(s) +
+                        ", expected [V, D]");
+    }
+    return from_pretrained(load_matrix<Scalar>(st, name, s[0], s[1]), padding);
   }
 
   Index num_embeddings() const noexcept { return weight.rows(); }

@@ -1,0 +1,390 @@
+// SPDX-License-Identifier: MIT
+// The conformance runner's case loader and checker: runs one FIXTURES.md case file.
+#pragma once
+
+#include "attend/attend.hpp"
+
+#include <nlohmann/json.hpp>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <limits>
+#include <map>
+#include <set>
+#include <sstream>
+#include <stdexcept>
+#include <string>
+#include <vector>
+
+namespace attend::conformance {
+
+/// Thrown when a case needs a module or option the library does not handle.
+class unsupported : public std::runtime_error {
+ public:
+  explicit unsupported(const std::string& what) : std::runtime_error(what) {}
+};
+
+/// The verdict on one case.
+struct CaseResult {
+  enum class Status { pass, fail, unsupported };
+  Status status = Status::fail;
+  std::string detail;        // FAIL or UNSUPPORTED reason; empty on PASS
+  double max_abs_err = 0.0;  // over every checked tensor (PASS)
+};
+
+namespace detail {
+
+using json = nlohmann::json;
+
+/// A case file: tensors, module name, options and tolerances.
+struct Case {
+  const SafeTensors* st = nullptr;
+  std::string module;
+  json options = json::object();
+  double rtol = 1e-5;  // torch.allclose's defaults when the file gives none
+  double atol = 1e-8;
+};
+
+inline double parse_tolerance(const std::map<std::string, std::string>& meta, const char* key,
+                              double fallback) {
+  const auto it = meta.find(key);
+  if (it == meta.end()) return fallback;
+  std::size_t used = 0;
+  double v = 0.0;
+  try {
+    v = std::stod(it->second, &used);
+  } catch (const std::exception&) {
+    used = 0;
+  }
+  if (used == 0 || used != it->second.size() || !(v >= 0.0) || !std::isfinite(v)) {
+    throw format_error(std::string("metadata '") + key + "' is \"" + it->second +
+                       "\", expected a non-negative decimal number");
+  }
+  return v;
+}
+
+/// Rejects options the runner does not know, so a case is never silently misread.
+inline void allow_options(const Case& c, std::initializer_list<const char*> known) {
+  const std::set<std::string> ok(known.begin(), known.end());
+  for (auto it = c.options.begin(); it != c.options.end(); ++it) {
+    if (!ok.count(it.key())) throw unsupported("option '" + it.key() + "' of " + c.module);
+  }
+}
+
+inline bool opt_bool(const Case& c, const char* name, bool fallback) {
+  const auto it = c.options.find(name);
+  if (it == c.options.end() || it->is_null()) return fallback;
+  if (it->is_boolean()) return it->get<bool>();
+  if (it->is_number_integer() && (it->get<std::int64_t>() == 0 || it->get<std::int64_t>() == 1)) {
+    return it->get<std::int64_t>() == 1;
+  }
+  throw format_error(std::string("option '") + name + "' is " + it->dump() + ", expected a boolean");
+}
+
+inline std::optional<Index> opt_int(const Case& c, const char* name) {
+  const auto it = c.options.find(name);
+  if (it == c.options.end() || it->is_null()) return std::nullopt;
+  if (it->is_number_integer()) return static_cast<Index>(it->get<std::int64_t>());
+  throw format_error(std::string("option '") + name + "' is " + it->dump() +
+                     ", expected an integer");
+}
+
+inline Index opt_required_int(const Case& c, const char* name) {
+  const auto v = opt_int(c, name);
+  if (!v) throw format_error(std::string("option '") + name + "' is required for " + c.module);
+  return *v;
+}
+
+inline std::optional<double> opt_number(const Case& c, const char* name) {
+  const auto it = c.options.find(name);
+  if (it == c.options.end() || it->is_null()) return std::nullopt;
+  if (it->is_number()) return it->get<double>();
+  throw format_error(std::string("option '") + name + "' is " + it->dump() + ", expected a number");
+}
+
+inline std::string opt_string(const Case& c, const char* name, const std::string& fallback) {
+  const auto it = c.options.find(name);
+  if (it == c.options.end() || it->is_null()) return fallback;
+  if (it->is_string()) return it->get<std::string>();
+  throw format_error(std::string("option '") + name + "' is " + it->dump() + ", expected a string");
+}
+
+/// Dropout options are accepted only when they are zero (fixtures run in eval mode).
+inline void ignore_dropout(const Case& c, const char* name) {
+  const auto p = opt_number(c, name);
+  if (p && *p != 0.0) throw unsupported("option '" + std::string(name) + "' != 0 (training mode)");
+}
+
+inline bool is_bool_dtype(DType d) { return d == DType::BOOL || d == DType::I64; }
+
+/// A mask tensor: BOOL/I64 means true = blocked; F32/F64 is additive. `heads` > 0 splits a
+/// 3-D MHA mask [B * heads, L, S].
+template <typename S>
+Mask read_mask(const Case& c, const std::string& name, Index heads) {
+  if (is_bool_dtype(c.st->dtype(name))) {
+    const Tensor<bool> m = c.st->get<bool>(name);
+    return heads > 0 ? Mask::from_torch_mha(m, heads) : Mask::deny(m);
+  }
+  const Tensor<S> m = c.st->get<S>(name);
+  return heads > 0 ? Mask::from_torch_mha_additive(m, heads) : Mask::additive(m);
+}
+
+template <typename S>
+using Outputs = std::map<std::string, Tensor<S>>;
+
+template <typename S>
+Outputs<S> run_softmax(const Case& c) {
+  allow_options(c, {"dim"});
+  const Tensor<S> x = c.st->get<S>("input.input");
+  const Index r = x.rank();
+  Index dim = opt_int(c, "dim").value_or(-1);
+  if (dim < 0) dim += r;
+  if (r == 0 || dim < 0 || dim >= r) {
+    throw format_error("option 'dim' is out of range for input " + attend::detail::shape_string(x.shape()));
+  }
+  Index outer = 1, inner = 1;
+  for (Index i = 0; i < dim; ++i) outer *= x.dim(i);
+  for (Index i = dim + 1; i < r; ++i) inner *= x.dim(i);
+  const Index n = x.dim(dim);
+  Tensor<S> y(x.shape());
+  Matrix<S> row(1, n);
+  for (Index o = 0; o < outer; ++o) {
+    for (Index in = 0; in < inner; ++in) {
+      for (Index j = 0; j < n; ++j) row(0, j) = x.data()[(o * n + j) * inner + in];
+      const Matrix<S> p = softmax(row);
+      for (Index j = 0; j < n; ++j) y.data()[(o * n + j) * inner + in] = p(0, j);
+    }
+  }
+  return {{"output", y}};
+}
+
+template <typename S>
+Outputs<S> run_sdpa(const Case& c) {
+  allow_options(c, {"is_causal", "scale", "dropout_p", "enable_gqa"});
+  ignore_dropout(c, "dropout_p");
+  if (opt_bool(c, "enable_gqa", false)) throw unsupported("option 'enable_gqa'");
+  const Tensor<S> q = c.st->get<S>("input.query");
+  const Tensor<S> k = c.st->get<S>("input.key");
+  const Tensor<S> v = c.st->get<S>("input.value");
+  Mask mask;
+  if (c.st->contains("input.attn_mask")) mask = read_mask<S>(c, "input.attn_mask", 0);
+  if (opt_bool(c, "is_causal", false)) mask = mask & Mask::causal(0);
+  AttentionResult<S> r = scaled_dot_product_attention(q, k, v, mask, opt_number(c, "scale"), true);
+  return {{"output", r.output}, {"attn_weights", r.attn_weights}};
+}
+
+template <typename S>
+Outputs<S> run_mha(const Case& c) {
+  allow_options(c, {"embed_dim", "num_heads", "bias", "kdim", "vdim", "batch_first",
+                    "need_weights", "average_attn_weights", "is_causal", "dropout",
+                    "add_bias_kv", "add_zero_attn"});
+  ignore_dropout(c, "dropout");
+  if (opt_bool(c, "add_bias_kv", false)) throw unsupported("option 'add_bias_kv'");
+  if (opt_bool(c, "add_zero_attn", false)) throw unsupported("option 'add_zero_attn'");
+  MultiheadAttentionOptions o;
+  o.embed_dim = opt_required_int(c, "embed_dim");
+  o.num_heads = opt_required_int(c, "num_heads");
+  o.bias = opt_bool(c, "bias", true);
+  o.kdim = opt_int(c, "kdim").value_or(0);
+  o.vdim = opt_int(c, "vdim").value_or(0);
+  o.batch_first = opt_bool(c, "batch_first", false);
+  MultiheadAttention<S> mha(o);
+  mha.load_state_dict(*c.st);
+  MultiheadAttentionArgs a;
+  a.need_weights = opt_bool(c, "need_weights", true);
+  a.average_attn_weights = opt_bool(c, "average_attn_weights", true);
+  a.is_causal = opt_bool(c, "is_causal", false);
+  if (c.st->contains("input.key_padding_mask")) {
+    const std::string name = "input.key_padding_mask";
+    if (is_bool_dtype(c.st->dtype(name))) {
+      a.key_padding_mask = Mask::key_padding(c.st->get<bool>(name));
+    } else {
+      const Tensor<S> kp = c.st->get<S>(name);
+      if (kp.rank() != 2) {
+        throw shape_error("key_padding_mask is " + attend::detail::shape_string(kp.shape()) +
+                          ", expected [B, S]");
+      }
+      a.key_padding_mask = Mask::additive(kp.reshaped({kp.dim(0), 1, 1, kp.dim(1)}));
+    }
+  }
+  if (c.st->contains("input.attn_mask")) {
+    a.attn_mask = read_mask<S>(c, "input.attn_mask", o.num_heads);
+  }
+  const Tensor<S> q = c.st->get<S>("input.query");
+  const bool has_k = c.st->contains("input.key"), has_v = c.st->contains("input.value");
+  if (has_k != has_v) throw format_error("input.key and input.value must both be present or absent");
+  AttentionResult<S> r;
+  if (has_k) {
+    const Tensor<S> k = c.st->get<S>("input.key");
+    const Tensor<S> v = c.st->get<S>("input.value");
+    r = mha.forward(q, k, v, a);
+  } else {
+    r = mha.forward(q, a);
+  }
+  Outputs<S> out{{"output", r.output}};
+  if (a.need_weights) out.emplace("attn_weights", r.attn_weights);
+  return out;
+}
+
+template <typename S>
+Outputs<S> run_embedding(const Case& c) {
+  allow_options(c, {"num_embeddings", "embedding_dim", "padding_idx", "max_norm", "norm_type",
+                    "scale_grad_by_freq", "sparse"});
+  if (opt_number(c, "max_norm")) throw unsupported("option 'max_norm'");
+  const Index V = opt_required_int(c, "num_embeddings");
+  const Index D = opt_required_int(c, "embedding_dim");
+  const Embedding<S> e = Embedding<S>::from_state_dict(*c.st, "", opt_int(c, "padding_idx"));
+  if (e.num_embeddings() != V || e.embedding_dim() != D) {
+    throw shape_error("weight is " + attend::detail::matrix_shape(e.weight) + ", expected [" +
+                      std::to_string(V) + ", " + std::to_string(D) + "]");
+  }
+  return {{"output", e.forward(c.st->get<std::int64_t>("input.input"))}};
+}
+
+template <typename S>
+Outputs<S> run_sinusoidal(const Case& c) {
+  allow_options(c, {"max_len", "d_model", "layout", "first_position"});
+  const std::string layout = opt_string(c, "layout", "interleaved");
+  PositionalLayout l = PositionalLayout::interleaved;
+  if (layout == "concatenated") {
+    l = PositionalLayout::concatenated;
+  } else if (layout != "interleaved") {
+    throw unsupported("layout '" + layout + "'");
+  }
+  const Matrix<S> pe = sinusoidal_positional_encoding<S>(
+      opt_required_int(c, "max_len"), opt_required_int(c, "d_model"), l,
+      opt_int(c, "first_position").value_or(0));
+  return {{"output", Tensor<S>::from_matrix(pe)}};
+}
+
+template <typename S>
+Outputs<S> run_module(const Case& c) {
+  if (c.module == "softmax") return run_softmax<S>(c);
+  if (c.module == "scaled_dot_product_attention") return run_sdpa<S>(c);
+  if (c.module == "multihead_attention") return run_mha<S>(c);
+  if (c.module == "embedding") return run_embedding<S>(c);
+  if (c.module == "sinusoidal_positional_encoding") return run_sinusoidal<S>(c);
+  throw unsupported("module '" + c.module + "'");
+}
+
+/// "[i, j, k]" for flat index `flat` of `shape`.
+inline std::string index_string(const Shape& shape, Index flat) {
+  std::vector<Index> ix(shape.size());
+  for (std::size_t k = shape.size(); k-- > 0;) {
+    ix[k] = shape[k] == 0 ? 0 : flat % shape[k];
+    flat = shape[k] == 0 ? 0 : flat / shape[k];
+  }
+  return attend::detail::shape_string(ix);
+}
+
+inline std::string fmt(double v) {
+  std::ostringstream s;
+  s.precision(3);
+  s << std::scientific << v;
+  return s.str();
+}
+
+/// Compares every `expected.` tensor with the outputs; fills `result`.
+template <typename S>
+void compare(const Case& c, const Outputs<S>& got, CaseResult& result) {
+  double max_abs = 0.0;
+  for (const std::string& name : c.st->names()) {
+    if (name.rfind("expected.", 0) != 0) continue;
+    const std::string out_name = name.substr(9);
+    const auto it = got.find(out_name);
+    if (it == got.end()) throw unsupported("output '" + out_name + "' of " + c.module);
+    const Tensor<double> want = c.st->get<S>(name).template cast<double>();
+    const Tensor<double> have = it->second.template cast<double>();
+    if (want.shape() != have.shape()) {
+      result.status = CaseResult::Status::fail;
+      result.detail = name + ": shape " + attend::detail::shape_string(have.shape()) +
+                      ", expected " + attend::detail::shape_string(want.shape());
+      return;
+    }
+    double worst_ratio = -1.0, worst_err = 0.0, worst_tol = 0.0, tensor_max = 0.0;
+    Index worst = -1;
+    for (Index i = 0; i < want.size(); ++i) {
+      const double w = want.flat()[i], g = have.flat()[i];
+      const double tol = c.atol + c.rtol * std::abs(w);
+      const double err = std::abs(g - w);
+      const bool ok = !std::isnan(g) && !std::isnan(w) && (g == w || err <= tol);
+      if (g != w) tensor_max = std::max(tensor_max, std::isnan(err) ? tensor_max : err);
+      if (!ok) {
+        const double ratio = std::isnan(err) || tol == 0.0 ? std::numeric_limits<double>::infinity()
+                                                           : err / tol;
+        if (ratio > worst_ratio || worst < 0) {
+          worst_ratio = ratio;
+          worst = i;
+          worst_err = std::isnan(err) ? std::numeric_limits<double>::quiet_NaN() : err;
+          worst_tol = tol;
+        }
+      }
+    }
+    if (worst >= 0) {
+      result.status = CaseResult::Status::fail;
+      result.detail = name + ": max_abs_err=" + fmt(worst_err) + " at " +
+                      index_string(want.shape(), worst) + " (tolerance " + fmt(worst_tol) + ")";
+      return;
+    }
+    max_abs = std::max(max_abs, tensor_max);
+  }
+  result.status = CaseResult::Status::pass;
+  result.max_abs_err = max_abs;
+}
+
+}  // namespace detail
+
+/// Runs one case held in memory (the file's bytes). Never throws: a malformed case is a
+/// FAIL with the reason, an unknown module or option UNSUPPORTED.
+inline CaseResult run_case_bytes(std::vector<std::uint8_t> bytes, const std::string& source) {
+  CaseResult result;
+  try {
+    const SafeTensors st = SafeTensors::parse(std::move(bytes), source);
+    detail::Case c;
+    c.st = &st;
+    const auto& meta = st.metadata();
+    const auto m = meta.find("module");
+    if (m == meta.end()) throw format_error("metadata has no 'module'");
+    c.module = m->second;
+    const auto o = meta.find("options");
+    if (o != meta.end()) {
+      c.options = detail::json::parse(o->second);
+      if (!c.options.is_object()) throw format_error("metadata 'options' is not a JSON object");
+    }
+    c.rtol = detail::parse_tolerance(meta, "rtol", c.rtol);
+    c.atol = detail::parse_tolerance(meta, "atol", c.atol);
+    // The case's dtype: that of its float tensors, which must agree.
+    std::set<DType> float_dtypes;
+    bool gradient_case = false;
+    for (const std::string& name : st.names()) {
+      const DType d = st.dtype(name);
+      if (d == DType::F32 || d == DType::F64 || d == DType::F16 || d == DType::BF16) {
+        float_dtypes.insert(d);
+      }
+      if (name.rfind("grad.", 0) == 0 || name.rfind("upstream.", 0) == 0) gradient_case = true;
+    }
+    if (gradient_case) throw unsupported("gradient case (grad./upstream. tensors) of " + c.module);
+    if (float_dtypes.size() != 1) {
+      throw format_error("float tensors must share one dtype, found " +
+                         std::to_string(float_dtypes.size()));
+    }
+    const DType dt = *float_dtypes.begin();
+    if (dt == DType::F32) {
+      detail::compare<float>(c, detail::run_module<float>(c), result);
+    } else if (dt == DType::F64) {
+      detail::compare<double>(c, detail::run_module<double>(c), result);
+    } else {
+      throw unsupported("case dtype " + to_string(dt));
+    }
+  } catch (const unsupported& e) {
+    result.status = CaseResult::Status::unsupported;
+    result.detail = e.what();
+  } catch (const std::exception& e) {
+    result.status = CaseResult::Status::fail;
+    result.detail = e.what();
+  }
+  return result;
+}
+
+}  // namespace attend::conformance
