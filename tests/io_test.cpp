@@ -451,16 +451,17 @@ TEST_CASE("safetensors: rejects a header that is not valid JSON, with its offset
   // Trailing garbage: 'x' is header byte 3, file offset 11.
   require_format_error(file_bytes("{} x"),
                        "SafeTensors: <buffer>: header is not valid JSON near file offset 11");
-  // Truncated: the end of input after header byte 4 (file offset 12).
+  // Truncated: the end of input, just past header byte 4, is file offset 8 + 5 = 13.
   require_format_error(file_bytes(R"({"a":)"),
-                       "SafeTensors: <buffer>: header is not valid JSON near file offset 12");
+                       "SafeTensors: <buffer>: header is not valid JSON near file offset 13");
   // An empty header: the end of input at file offset 8.
   require_format_error(file_bytes(""),
                        "SafeTensors: <buffer>: header is not valid JSON near file offset 8");
   // Invalid UTF-8 (0xFF) in a key, at header byte 2.
   require_format_error(file_bytes("{\"\xFF\":1}"),
                        "SafeTensors: <buffer>: header is not valid JSON near file offset 10");
-  // A number too large for a double: "1e999" spans header bytes 5-9.
+  // A number too large for a double: "1e999" spans header bytes 5-9 (file offsets 13-17),
+  // reported at its last byte.
   require_format_error(file_bytes(R"({"a":1e999})"),
                        "SafeTensors: <buffer>: header has a JSON number out of range near "
                        "file offset 17");
@@ -679,6 +680,37 @@ TEST_CASE("safetensors: survives every truncation of a valid file", "[io]") {
                       attend::format_error);
   }
   REQUIRE(SafeTensors::parse(full).get<float>("a")(1, 2) == 1.5f);
+}
+
+TEST_CASE("safetensors: survives every single-byte corruption of a valid file", "[io]") {
+  SafeTensorsWriter w;
+  w.add("a", Tensor<float>({2, 3}, 1.5f));
+  w.add("i", Tensor<std::int64_t>({2}, std::int64_t{7}));
+  w.add("m", Tensor<bool>({2}, true));
+  w.set_metadata("k", "v");
+  const Bytes full = w.to_bytes();
+  // Each byte replaced by values that break JSON syntax, digits, quotes and lengths: the
+  // parse either succeeds (e.g. a changed data byte) or throws format_error, and whatever
+  // it accepts can be read in full.
+  for (std::size_t pos = 0; pos < full.size(); ++pos) {
+    for (const std::uint8_t v : {0x00, 0x01, 0x02, 0x22, 0x2C, 0x39, 0x5B, 0x7B, 0x7D, 0xFF}) {
+      Bytes bytes = full;
+      bytes[pos] = v;
+      INFO("byte " << pos << " set to " << int(v));
+      try {
+        const SafeTensors st = SafeTensors::parse(bytes);
+        for (const std::string& name : st.names()) {
+          if (st.dtype(name) == DType::I64 || st.dtype(name) == DType::BOOL) {
+            REQUIRE(st.get<std::int64_t>(name).shape() == st.shape(name));
+          } else {
+            REQUIRE(st.get<double>(name).shape() == st.shape(name));
+          }
+        }
+      } catch (const attend::format_error&) {
+        // expected for most corruptions of the length or the header
+      }
+    }
+  }
 }
 
 // ---------------------------------------------------------------------------------------

@@ -42,7 +42,10 @@ void softmax_rows_inplace(MatrixRef<S> x) {
       continue;
     }
     // Subtracting the row max keeps exp() in (0, 1]: stable for logits of any magnitude.
-    row = (row.array() - m).exp();
+    // Eigen's vectorised exp clamps its argument (exp(-inf) gives ~3e-39 in float), so
+    // masked (-inf) entries are set to exactly zero explicitly.
+    constexpr S neg_inf = -std::numeric_limits<S>::infinity();
+    row = (row.array() == neg_inf).select(S(0), (row.array() - m).exp());
     row /= row.sum();
   }
 }
@@ -106,7 +109,10 @@ Matrix<typename Derived::Scalar> log_softmax(const Eigen::MatrixBase<Derived>& x
       y.row(i).setConstant(-std::numeric_limits<S>::infinity());
       continue;
     }
-    const S lse = m + std::log((x.row(i).array() - m).exp().sum());
+    constexpr S neg_inf = -std::numeric_limits<S>::infinity();
+    const S lse = m + std::log((x.row(i).array() == neg_inf)
+                                   .select(S(0), (x.row(i).array() - m).exp())
+                                   .sum());  // masked entries add exactly 0 (see above)
     y.row(i) = x.row(i).array() - lse;
   }
   return y;
