@@ -11,6 +11,8 @@ BUILD ?= build
 JOBS  ?= 2
 CMAKE ?= cmake
 CTEST ?= ctest
+# Ninja when installed (finer-grained parallelism), else Make; read only for a new build dir.
+GENERATOR ?= $(if $(shell command -v ninja 2>/dev/null),Ninja,Unix Makefiles)
 
 EXAMPLES := $(basename $(notdir $(wildcard examples/*.cpp)))
 SOURCES   = $(shell find include tests examples bench \( -name '*.hpp' -o -name '*.cpp' \) \
@@ -23,10 +25,14 @@ all: test
 deps:
 	bash scripts/install-deps.sh
 
-# Configure (CXX is read only when the build dir is new), build everything, run ctest.
-# $(1): build dir name, $(2): compiler, $(3): extra ctest arguments.
+# CXX and the generator are read only when the build dir is new.
+configure = CXX=$(2) $(CMAKE) -S . -B $(BUILD)/$(1) \
+  $(if $(wildcard $(BUILD)/$(1)/CMakeCache.txt),,-G "$(GENERATOR)")
+
+# Configure, build everything, run ctest. $(1): build dir name, $(2): compiler,
+# $(3): extra ctest arguments.
 define build_and_test
-	CXX=$(2) $(CMAKE) -S . -B $(BUILD)/$(1)
+	$(call configure,$(1),$(2))
 	$(CMAKE) --build $(BUILD)/$(1) -j $(JOBS)
 	$(CTEST) --test-dir $(BUILD)/$(1) --output-on-failure -j $(JOBS) $(3)
 endef
@@ -44,15 +50,15 @@ test-clang:
 	$(call build_and_test,clang,clang++,-E '^(header-check|package)\.')
 
 demo: deps
-	CXX=g++ $(CMAKE) -S . -B $(BUILD)/gcc
+	$(call configure,gcc,g++)
 	$(CMAKE) --build $(BUILD)/gcc -j $(JOBS) --target attend-examples
 	mkdir -p $(BUILD)/demo
-	cd $(BUILD)/demo && if [ -x ../gcc/bin/tour ]; then ../gcc/bin/tour; else \
+	@cd $(BUILD)/demo && if [ -x ../gcc/bin/tour ]; then ../gcc/bin/tour; else \
 	  for example in $(EXAMPLES); do echo "== $$example"; ../gcc/bin/$$example || exit 1; done; fi
 	@echo "(files the examples wrote are in $(BUILD)/demo)"
 
 bench: deps
-	CXX=g++ $(CMAKE) -S . -B $(BUILD)/release -DCMAKE_BUILD_TYPE=Release \
+	$(call configure,release,g++) -DCMAKE_BUILD_TYPE=Release \
 	  -DATTEND_BUILD_TESTS=OFF -DATTEND_BUILD_EXAMPLES=OFF -DATTEND_NATIVE=ON
 	$(CMAKE) --build $(BUILD)/release -j $(JOBS) --target attend-bench
 	$(BUILD)/release/bin/attend-bench --benchmark_out=$(BUILD)/bench.json \

@@ -23,6 +23,7 @@ required=(
 )
 optional=(
   ccache              # picked up automatically by CMake when present
+  ninja-build         # used by the Makefile when present (else Unix Makefiles)
 )
 
 is_installed() {
@@ -40,7 +41,8 @@ missing_optional=()
 for p in "${required[@]}"; do is_installed "$p" || missing_required+=("$p"); done
 for p in "${optional[@]}"; do is_installed "$p" || missing_optional+=("$p"); done
 
-if ((${#missing_required[@]} == 0 && ${#missing_optional[@]} == 0)); then
+missing=("${missing_required[@]}" "${missing_optional[@]}")
+if ((${#missing[@]} == 0)); then
   exit 0
 fi
 
@@ -51,12 +53,12 @@ if ((EUID != 0)); then
   fi
   echo "install-deps.sh: missing Debian package(s): ${missing_required[*]}" >&2
   echo "Install them as root with:" >&2
-  echo "  sudo apt-get update && sudo apt-get install -y ${missing_required[*]} ${missing_optional[*]}" >&2
+  echo "  sudo apt-get update && sudo apt-get install -y ${missing[*]}" >&2
   exit 1
 fi
 
 export DEBIAN_FRONTEND=noninteractive
-echo "install-deps.sh: installing ${missing_required[*]} ${missing_optional[*]}"
+echo "install-deps.sh: installing ${missing[*]}"
 apt-get update -q
 if ((${#missing_required[@]} > 0)); then
   apt-get install -y -q --no-install-recommends "${missing_required[@]}"

@@ -108,6 +108,25 @@ TOL_EMBEDDING = {F32: (0.0, 0.0), F64: (0.0, 0.0)}
 # double defaults keep a 50x margin.
 TOL_PE = {F32: (1e-5, 1e-5), F64: (1e-12, 1e-13)}
 
+# rnn_cell / lstm_cell / gru_cell: a few products of inner length <= 8 and one layer of
+# sigmoid/tanh, values O(1). Measured torch float32 vs float64 (--check's recomputation):
+# max abs error 7.2e-8 (rnn_cell/relu), 0.007 of these tolerances; an independent float
+# implementation (Eigen's vectorised exp/tanh, other summation orders) carries a similar,
+# independent error. Double errors <= 1.2e-16: the double defaults keep ~500x headroom.
+TOL_CELL = {F32: (1e-5, 1e-5), F64: (1e-12, 1e-13)}
+
+# rnn / lstm / gru: the cell error compounds over up to 40 steps and 2 stacked layers; the
+# recurrences are contractive at PyTorch's init (|W_hh| entries <= 1/sqrt(N)), so it stays
+# near a few steps' worth. Measured torch float32 vs float64: max abs error 1.8e-7
+# (lstm/lengths_batch_first c_n), 0.02 of these tolerances; double 2.2e-16, 0.002.
+TOL_RECURRENT = {F32: (1e-5, 1e-5), F64: (1e-12, 1e-13)}
+
+# bahdanau_attention / luong_attention: scores are dot products of length <= 9 (through one
+# tanh for additive/concat), a softmax over T <= 7 keys, then weighted sums of O(1) keys
+# that can cancel to near 0 (hence an absolute floor). Measured torch float32 vs float64:
+# max abs error 2.4e-7 (luong general context), 0.02 of these; double 5e-16, 0.005.
+TOL_ALIGNMENT = {F32: (1e-5, 1e-5), F64: (1e-12, 1e-13)}
+
 
 # ---------------------------------------------------------------------------------------
 # safetensors writer and reader (struct + json only)
@@ -711,6 +730,361 @@ def gen_sinusoidal(w):
 
 
 # ---------------------------------------------------------------------------------------
+# rnn_cell, lstm_cell, gru_cell, rnn, lstm, gru
+# ---------------------------------------------------------------------------------------
+# Tensor names follow FIXTURES.md. Variable lengths have no name there; they are passed as
+# `input.lengths` (I64 [B]): sequence b has lengths[b] valid steps (1 <= lengths[b] <= T,
+# any order). The expected outputs are PyTorch's packed-sequence results:
+# pack_padded_sequence(input, lengths, batch_first, enforce_sorted=False), the module, then
+# pad_packed_sequence(..., total_length=T). So padded steps leave the state unchanged,
+# `output` is 0 there, the reverse direction starts at each sequence's last valid step, and
+# h_n / c_n are in the original batch order. The input at padded steps holds random values
+# (not zeros): an implementation must ignore them.
+
+
+def _sigmoid(x):
+    return 1.0 / (1.0 + torch.exp(-x))
+
+
+def cell_reference(kind, x, h, c, w_ih, w_hh, b_ih, b_hh, nonlinearity="tanh"):
+    """One step of an RNN / LSTM / GRU cell written out, PyTorch gate order (i, f, g, o and
+    r, z, n); returns (h', c') with c' None except for the LSTM."""
+    xi = x @ w_ih.T + (0.0 if b_ih is None else b_ih)
+    hh = h @ w_hh.T + (0.0 if b_hh is None else b_hh)
+    if kind == "rnn":
+        pre = xi + hh
+        return (torch.tanh(pre) if nonlinearity == "tanh" else torch.clamp(pre, min=0.0)), None
+    if kind == "lstm":
+        i, f, g, o = (xi + hh).chunk(4, dim=-1)
+        c_next = _sigmoid(f) * c + _sigmoid(i) * torch.tanh(g)
+        return _sigmoid(o) * torch.tanh(c_next), c_next
+    xr, xz, xn = xi.chunk(3, dim=-1)
+    hr, hz, hn = hh.chunk(3, dim=-1)
+    r, z = _sigmoid(xr + hr), _sigmoid(xz + hz)
+    n = torch.tanh(xn + r * hn)
+    return (1.0 - z) * n + z * h, None
+
+
+def recurrent_reference(kind, opts, params, x, h_0, c_0, lengths):
+    """The stacked, optionally bidirectional layer written out step by step (float64 when
+    given float64). Padded steps (t >= lengths[b]) keep the state and output 0."""
+    bf = opts.get("batch_first", False)
+    layers, N = opts.get("num_layers", 1), opts["hidden_size"]
+    D = 2 if opts.get("bidirectional", False) else 1
+    seq = x.transpose(0, 1) if bf else x  # [T, B, in]
+    T, B = seq.shape[0], seq.shape[1]
+    lens = [T] * B if lengths is None else [int(v) for v in lengths]
+    h_n, c_n = [], []
+    layer_in = seq
+    for k in range(layers):
+        outs = []
+        for d in range(D):
+            sfx = "_l%d%s" % (k, "_reverse" if d else "")
+            p = [params.get(n + sfx) for n in ("weight_ih", "weight_hh", "bias_ih", "bias_hh")]
+            zeros = torch.zeros(B, N, dtype=x.dtype)
+            h = zeros.clone() if h_0 is None else h_0[k * D + d].clone()
+            c = None
+            if kind == "lstm":
+                c = zeros.clone() if c_0 is None else c_0[k * D + d].clone()
+            out = torch.zeros(T, B, N, dtype=x.dtype)
+            for s in range(T):
+                t = s if d == 0 else T - 1 - s
+                h_new, c_new = cell_reference(kind, layer_in[t], h, c, *p,
+                                              nonlinearity=opts.get("nonlinearity", "tanh"))
+                valid = torch.tensor([t < lens[b] for b in range(B)]).unsqueeze(1)  # [B, 1]
+                h = torch.where(valid, h_new, h)
+                if c is not None:
+                    c = torch.where(valid, c_new, c)
+                out[t] = torch.where(valid, h_new, torch.zeros_like(h_new))
+            outs.append(out)
+            h_n.append(h)
+            c_n.append(c)
+        layer_in = torch.cat(outs, dim=2)  # [T, B, D * N]
+    output = layer_in.transpose(0, 1) if bf else layer_in
+    return output, torch.stack(h_n), (torch.stack(c_n) if kind == "lstm" else None)
+
+
+
+def _cell_params(module_obj):
+    return {n: p.detach().clone() for n, p in module_obj.named_parameters()}
+
+
+def gen_cells(w):
+    B, I, N = 3, 5, 4
+    # (module, case, options beyond sizes, state given, description)
+    cases = [
+        ("rnn_cell", "tanh", {}, True, "RNNCell tanh, input [3, 5], hx [3, 4] given"),
+        ("rnn_cell", "relu", {"nonlinearity": "relu"}, True, "RNNCell relu, hx given"),
+        ("rnn_cell", "zero_state", {"nonlinearity": "tanh"}, False,
+         "RNNCell tanh (explicit), hx absent (zeros)"),
+        ("rnn_cell", "no_bias", {"bias": False}, True, "RNNCell without bias_ih/bias_hh"),
+        ("lstm_cell", "basic", {}, True, "LSTMCell, input [3, 5], hx and cx [3, 4] given"),
+        ("lstm_cell", "zero_state", {}, False, "LSTMCell, hx and cx absent (zeros)"),
+        ("lstm_cell", "no_bias", {"bias": False}, True, "LSTMCell without biases"),
+        ("gru_cell", "basic", {}, True, "GRUCell, input [3, 5], hx [3, 4] given"),
+        ("gru_cell", "zero_state", {}, False, "GRUCell, hx absent (zeros)"),
+        ("gru_cell", "no_bias", {"bias": False}, True, "GRUCell without biases"),
+    ]
+    for module, case, extra, with_state, description in cases:
+        seed_for(module, case)
+        kind = module.split("_")[0]
+        bias = extra.get("bias", True)
+        if kind == "rnn":
+            cell = torch.nn.RNNCell(I, N, bias=bias, nonlinearity=extra.get("nonlinearity", "tanh"),
+                                    dtype=F64)
+        elif kind == "lstm":
+            cell = torch.nn.LSTMCell(I, N, bias=bias, dtype=F64)
+        else:
+            cell = torch.nn.GRUCell(I, N, bias=bias, dtype=F64)
+        x64 = randn(B, I)
+        hx64, cx64 = randn(B, N), randn(B, N)
+        options = {"input_size": I, "hidden_size": N}
+        options.update(extra)
+        for dtype in (F32, F64):
+            c = copy.deepcopy(cell).to(dtype)
+            x, hx, cx = x64.to(dtype), hx64.to(dtype), cx64.to(dtype)
+            with torch.no_grad():
+                if kind == "lstm":
+                    h, c_out = c(x, (hx, cx)) if with_state else c(x)
+                else:
+                    h, c_out = (c(x, hx) if with_state else c(x)), None
+            params = _cell_params(c)
+            zeros = torch.zeros(B, N, dtype=dtype)
+            ref_h, ref_c = cell_reference(kind, x, hx if with_state else zeros,
+                                          cx if with_state else zeros, params["weight_ih"],
+                                          params["weight_hh"], params.get("bias_ih"),
+                                          params.get("bias_hh"), extra.get("nonlinearity", "tanh"))
+            rtol, atol = TOL_CELL[dtype]
+            close_or_die(ref_h, h, rtol / 4, atol / 4, "%s/%s h" % (module, case))
+            tensors = dict(params)
+            tensors["input.input"] = x
+            if with_state:
+                tensors["input.hx"] = hx
+                if kind == "lstm":
+                    tensors["input.cx"] = cx
+            tensors["expected.h"] = h
+            if kind == "lstm":
+                close_or_die(ref_c, c_out, rtol / 4, atol / 4, "%s/%s c" % (module, case))
+                tensors["expected.c"] = c_out
+            w.write(module, case, dtype, tensors, options, TOL_CELL, description)
+
+
+def gen_recurrent(w):
+    # spec keys: L layers, T, B, I, N, bf batch_first, bidir, h0 (initial states given),
+    # bias, nl (rnn nonlinearity), lengths (list of B valid lengths), explicit (options to
+    # write even at their defaults)
+    common = [
+        ("one_layer", dict(L=1), "1 layer, batch_first false, h_0 absent (zeros): input [5, 3, 4]"),
+        ("two_layers_h0", dict(L=2, h0=True),
+         "2 layers, batch_first false, initial states given [2, 3, 3]"),
+        ("batch_first_h0", dict(L=2, bf=True, h0=True,
+                                explicit={"bias": True, "bidirectional": False, "num_layers": 2}),
+         "2 layers, batch_first: input [3, 5, 4], states [2, 3, 3]; options written at defaults"),
+        ("bidirectional", dict(L=1, bidir=True, h0=True),
+         "1 layer bidirectional, batch_first false, states [2, 3, 3] given: output [5, 3, 6]"),
+        ("two_layers_bidirectional", dict(L=2, bidir=True, bf=True),
+         "2 layers bidirectional, batch_first, zero states: layer 1 reads [B, T, 6]"),
+        ("lengths", dict(L=2, bidir=True, h0=True, lengths=[3, 5, 1, 4]),
+         "packed: unsorted lengths [3, 5, 1, 4] (input.lengths), 2 layers bidirectional, states "
+         "given, batch_first false; random values at padded steps"),
+        ("lengths_batch_first", dict(L=1, bidir=True, bf=True, lengths=[2, 4, 4]),
+         "packed, batch_first, 1 layer bidirectional, zero states, lengths [2, 4, 4] all < T = 5 "
+         "(the last step is padding everywhere)"),
+        ("lengths_unidirectional", dict(L=2, h0=True, lengths=[4, 1, 5]),
+         "packed, 2 layers unidirectional, states given, lengths [4, 1, 5]"),
+        ("no_bias", dict(L=2, bias=False, bidir=True, h0=True),
+         "bias false (no bias_ih/bias_hh), 2 layers bidirectional, states given"),
+        ("long_sequence", dict(L=1, T=40, B=2, I=8, N=16),
+         "1 layer, T = 40, B = 2, input_size 8, hidden_size 16, zero states"),
+    ]
+    relu = [
+        ("relu", dict(L=2, nl="relu", bidir=True, h0=True),
+         "nonlinearity relu, 2 layers bidirectional, states given"),
+        ("relu_lengths", dict(L=2, nl="relu", bf=True, lengths=[5, 2, 3]),
+         "nonlinearity relu, packed lengths [5, 2, 3], batch_first, zero states"),
+    ]
+    torch_class = {"rnn": torch.nn.RNN, "lstm": torch.nn.LSTM, "gru": torch.nn.GRU}
+    for module in ("rnn", "lstm", "gru"):
+        for case, spec, description in common + (relu if module == "rnn" else []):
+            seed_for(module, case)
+            layers, T, I, N = spec["L"], spec.get("T", 5), spec.get("I", 4), spec.get("N", 3)
+            lengths = spec.get("lengths")
+            B = len(lengths) if lengths else spec.get("B", 3)
+            bf, bidir, bias = spec.get("bf", False), spec.get("bidir", False), spec.get("bias", True)
+            D = 2 if bidir else 1
+            kwargs = dict(num_layers=layers, bias=bias, batch_first=bf, bidirectional=bidir)
+            if module == "rnn":
+                kwargs["nonlinearity"] = spec.get("nl", "tanh")
+            mod = torch_class[module](I, N, dtype=F64, **kwargs).eval()
+            x64 = randn(*((B, T, I) if bf else (T, B, I)))
+            h064, c064 = randn(layers * D, B, N), randn(layers * D, B, N)
+            options = {"input_size": I, "hidden_size": N}
+            options.update(spec.get("explicit", {}))
+            if layers != 1:
+                options["num_layers"] = layers
+            for key, value, default in (("bias", bias, True), ("batch_first", bf, False),
+                                        ("bidirectional", bidir, False)):
+                if value != default:
+                    options[key] = value
+            if module == "rnn" and spec.get("nl", "tanh") != "tanh":
+                options["nonlinearity"] = spec["nl"]
+            for dtype in (F32, F64):
+                m = copy.deepcopy(mod).to(dtype)
+                x = x64.to(dtype)
+                h0 = h064.to(dtype) if spec.get("h0") else None
+                c0 = c064.to(dtype) if spec.get("h0") and module == "lstm" else None
+                hx = None if h0 is None else ((h0, c0) if module == "lstm" else h0)
+                with torch.no_grad():
+                    if lengths:
+                        lens = torch.tensor(lengths, dtype=torch.int64)
+                        packed = torch.nn.utils.rnn.pack_padded_sequence(
+                            x, lens, batch_first=bf, enforce_sorted=False)
+                        out_p, state = m(packed, hx)
+                        out, _ = torch.nn.utils.rnn.pad_packed_sequence(
+                            out_p, batch_first=bf, total_length=T)
+                    else:
+                        out, state = m(x, hx)
+                h_n, c_n = state if module == "lstm" else (state, None)
+                params = _cell_params(m)
+                if set(params) != set(m.state_dict()):
+                    raise FixtureError("%s/%s parameter names differ from state_dict" % (module, case))
+                ref_out, ref_h, ref_c = recurrent_reference(module, dict(options, hidden_size=N),
+                                                            params, x, h0, c0, lengths)
+                rtol, atol = TOL_RECURRENT[dtype]
+                close_or_die(ref_out, out, rtol / 4, atol / 4, "%s/%s output" % (module, case))
+                close_or_die(ref_h, h_n, rtol / 4, atol / 4, "%s/%s h_n" % (module, case))
+                tensors = dict(params)
+                tensors["input.input"] = x
+                if h0 is not None:
+                    tensors["input.h_0"] = h0
+                if c0 is not None:
+                    tensors["input.c_0"] = c0
+                if lengths:
+                    tensors["input.lengths"] = torch.tensor(lengths, dtype=torch.int64)
+                tensors["expected.output"] = out.contiguous()
+                tensors["expected.h_n"] = h_n
+                if module == "lstm":
+                    close_or_die(ref_c, c_n, rtol / 4, atol / 4, "%s/%s c_n" % (module, case))
+                    tensors["expected.c_n"] = c_n
+                w.write(module, case, dtype, tensors, options, TOL_RECURRENT, description)
+
+
+# ---------------------------------------------------------------------------------------
+# bahdanau_attention, luong_attention (no torch module: FIXTURES.md formulas)
+# ---------------------------------------------------------------------------------------
+
+
+def _masked_softmax(scores, blocked):
+    """softmax over the last dim with true = masked out excluded (no fully masked rows)."""
+    if blocked is not None:
+        scores = scores.masked_fill(blocked, -math.inf)
+    return torch.softmax(scores, dim=-1)
+
+
+def bahdanau_explicit(query, keys, W1, W2, v, blocked):
+    """score_j = v . tanh(W1 keys_j + W2 query); query [B, Hq], keys [B, T, Hk]."""
+    scores = torch.tanh(keys @ W1.T + (query @ W2.T).unsqueeze(1)) @ v  # [B, T]
+    weights = _masked_softmax(scores, blocked)
+    return weights, (weights.unsqueeze(1) @ keys).squeeze(1)  # [B, T], [B, Hk]
+
+
+def luong_explicit(score, query, keys, params, blocked):
+    """dot: query . keys_j; general: query . (W keys_j); concat: v . tanh(W [query; keys_j]).
+    Returns weights [B, T], context [B, Hk] and, when Wc is given, tanh(Wc [context; query])."""
+    if score == "dot":
+        scores = (keys @ query.unsqueeze(2)).squeeze(2)
+    elif score == "general":
+        scores = ((keys @ params["W"].T) @ query.unsqueeze(2)).squeeze(2)
+    else:
+        q = query.unsqueeze(1).expand(-1, keys.shape[1], -1)  # [B, T, Hq]
+        scores = torch.tanh(torch.cat([q, keys], dim=2) @ params["W"].T) @ params["v"]
+    weights = _masked_softmax(scores, blocked)
+    context = (weights.unsqueeze(1) @ keys).squeeze(1)
+    hidden = None
+    if "Wc" in params:
+        hidden = torch.tanh(torch.cat([context, query], dim=1) @ params["Wc"].T)
+    return weights, context, hidden
+
+
+def _mask_tensor(blocked, kind):
+    return blocked.to(torch.int64) if kind == "i64" else blocked
+
+
+def gen_bahdanau(w):
+    module = "bahdanau_attention"
+    B, T, Hq, Hk, A = 3, 6, 5, 4, 7
+    cases = [
+        ("basic", None, "query [3, 5], keys [3, 6, 4], W1 [7, 4], W2 [7, 5], v [7], no mask"),
+        ("key_padding_mask", "bool",
+         "BOOL key_padding_mask [3, 6] (true = masked out), padded suffixes of lengths 6, 4, 1"),
+        ("key_padding_mask_i64", "i64", "I64 0/1 key_padding_mask [3, 6], random pattern"),
+    ]
+    for case, mask_kind, description in cases:
+        seed_for(module, case)
+        query64, keys64 = randn(B, Hq), randn(B, T, Hk)
+        W1, W2, v = randn(A, Hk, scale=0.5), randn(A, Hq, scale=0.5), randn(A)
+        blocked = None
+        if mask_kind == "bool":
+            blocked = torch.arange(T).unsqueeze(0) >= torch.tensor([6, 4, 1]).unsqueeze(1)
+        elif mask_kind == "i64":
+            blocked = bool_mask((B, T), 0.4, "bahdanau/%s" % case)
+        for dtype in (F32, F64):
+            p = {"W1": W1.to(dtype), "W2": W2.to(dtype), "v": v.to(dtype)}
+            query, keys = query64.to(dtype), keys64.to(dtype)
+            weights, context = bahdanau_explicit(query, keys, p["W1"], p["W2"], p["v"], blocked)
+            tensors = dict(p)
+            tensors.update({"input.query": query, "input.keys": keys,
+                            "expected.attn_weights": weights, "expected.context": context})
+            if blocked is not None:
+                tensors["input.key_padding_mask"] = _mask_tensor(blocked, mask_kind)
+            w.write(module, case, dtype, tensors, {}, TOL_ALIGNMENT, description)
+
+
+def gen_luong(w):
+    module = "luong_attention"
+    B, T, Hq, A = 3, 7, 5, 6
+    cases = []
+    for score in ("dot", "general", "concat"):
+        Hk = Hq if score == "dot" else 4
+        cases += [
+            (score, score, Hk, None, False,
+             "score %s, query [3, 5], keys [3, 7, %d], no mask, no Wc" % (score, Hk)),
+            (score + "_mask_attentional", score, Hk, "bool", True,
+             "score %s, BOOL key_padding_mask [3, 7] (lengths 7, 3, 5), Wc [5, %d]: "
+             "attentional_hidden = tanh(Wc [context; query])" % (score, Hk + Hq)),
+        ]
+    cases.append(("general_mask_i64", "general", 4, "i64", False,
+                  "score general, I64 0/1 key_padding_mask [3, 7], random pattern, no Wc"))
+    for case, score, Hk, mask_kind, attentional, description in cases:
+        seed_for(module, case)
+        query64, keys64 = randn(B, Hq), randn(B, T, Hk)
+        p64 = {}
+        if score == "general":
+            p64["W"] = randn(Hq, Hk, scale=0.5)
+        elif score == "concat":
+            p64["W"], p64["v"] = randn(A, Hq + Hk, scale=0.5), randn(A)
+        if attentional:
+            p64["Wc"] = randn(Hq, Hk + Hq, scale=0.5)
+        blocked = None
+        if mask_kind == "bool":
+            blocked = torch.arange(T).unsqueeze(0) >= torch.tensor([7, 3, 5]).unsqueeze(1)
+        elif mask_kind == "i64":
+            blocked = bool_mask((B, T), 0.4, "luong/%s" % case)
+        for dtype in (F32, F64):
+            p = {k: t.to(dtype) for k, t in p64.items()}
+            query, keys = query64.to(dtype), keys64.to(dtype)
+            weights, context, hidden = luong_explicit(score, query, keys, p, blocked)
+            tensors = dict(p)
+            tensors.update({"input.query": query, "input.keys": keys,
+                            "expected.attn_weights": weights, "expected.context": context})
+            if hidden is not None:
+                tensors["expected.attentional_hidden"] = hidden
+            if blocked is not None:
+                tensors["input.key_padding_mask"] = _mask_tensor(blocked, mask_kind)
+            w.write(module, case, dtype, tensors, {"score": score}, TOL_ALIGNMENT, description)
+
+
+# ---------------------------------------------------------------------------------------
 # --check: independent float64 recomputation from the stored inputs
 # ---------------------------------------------------------------------------------------
 
@@ -731,6 +1105,73 @@ def _softmax_explicit(x, dim):
     m = x.amax(dim=dim, keepdim=True)
     e = torch.exp(x - m)
     return e / e.sum(dim=dim, keepdim=True)
+
+
+def _recompute_rnn_modules(module, opts, g):
+    """float64 recomputation for the recurrent and alignment modules (None: not one)."""
+    if module in ("rnn_cell", "lstm_cell", "gru_cell"):
+        kind = module.split("_")[0]
+        x = g["input.input"]
+        zeros = torch.zeros(x.shape[0], opts["hidden_size"], dtype=F64)
+        h, c = cell_reference(kind, x, g.get("input.hx", zeros), g.get("input.cx", zeros),
+                              g["weight_ih"], g["weight_hh"], g.get("bias_ih"), g.get("bias_hh"),
+                              opts.get("nonlinearity", "tanh"))
+        return {"expected.h": h} if c is None else {"expected.h": h, "expected.c": c}
+    if module in ("rnn", "lstm", "gru"):
+        x = g["input.input"]
+        T = x.shape[1] if opts.get("batch_first", False) else x.shape[0]
+        lengths = g.get("input.lengths")
+        if lengths is not None:
+            lengths = lengths.tolist()
+            if not all(1 <= v <= T for v in lengths):
+                raise ValueError("input.lengths %s outside [1, %d]" % (lengths, T))
+        params = {k: v for k, v in g.items() if not k.startswith(("input.", "expected."))}
+        out, h_n, c_n = recurrent_reference(module, opts, params, x, g.get("input.h_0"),
+                                            g.get("input.c_0"), lengths)
+        result = {"expected.output": out, "expected.h_n": h_n}
+        if module == "lstm":
+            result["expected.c_n"] = c_n
+        return result
+    if module not in ("bahdanau_attention", "luong_attention"):
+        return None
+    # Alignment: scalar loops over batch and keys (independent of the batched generator).
+    q, keys = g["input.query"], g["input.keys"]
+    B, T, Hk = keys.shape
+    mask = g.get("input.key_padding_mask")
+    blocked = None if mask is None else mask.to(torch.bool)
+    if blocked is not None:
+        check_no_fully_masked_rows(blocked, "%s key_padding_mask" % module)
+    score = opts.get("score")
+    weights = torch.zeros(B, T, dtype=F64)
+    context = torch.zeros(B, Hk, dtype=F64)
+    hidden = torch.zeros(B, q.shape[1], dtype=F64) if "Wc" in g else None
+    for b in range(B):
+        scores = []
+        for j in range(T):
+            k = keys[b, j]
+            if module == "bahdanau_attention":
+                s = float(g["v"] @ torch.tanh(g["W1"] @ k + g["W2"] @ q[b]))
+            elif score == "dot":
+                s = float(q[b] @ k)
+            elif score == "general":
+                s = float(q[b] @ (g["W"] @ k))
+            elif score == "concat":
+                s = float(g["v"] @ torch.tanh(g["W"] @ torch.cat([q[b], k])))
+            else:
+                raise ValueError("unknown luong score %r" % score)
+            scores.append(-math.inf if blocked is not None and bool(blocked[b, j]) else s)
+        top = max(scores)
+        e = [0.0 if s == -math.inf else math.exp(s - top) for s in scores]
+        total = sum(e)
+        for j in range(T):
+            weights[b, j] = e[j] / total
+            context[b] += weights[b, j] * keys[b, j]
+        if hidden is not None:
+            hidden[b] = torch.tanh(g["Wc"] @ torch.cat([context[b], q[b]]))
+    result = {"expected.attn_weights": weights, "expected.context": context}
+    if hidden is not None:
+        result["expected.attentional_hidden"] = hidden
+    return result
 
 
 def recompute(module, opts, t):
@@ -791,7 +1232,7 @@ def recompute(module, opts, t):
     if module == "sinusoidal_positional_encoding":
         return {"expected.output": sinusoidal_reference(opts["max_len"], opts["d_model"], opts["layout"],
                                                         opts.get("first_position", 0))}
-    return None
+    return _recompute_rnn_modules(module, opts, g)
 
 
 def tolerance_ratio(got, want, rtol, atol):
@@ -808,7 +1249,9 @@ def tolerance_ratio(got, want, rtol, atol):
 
 def check(out_dir):
     known = {"softmax", "scaled_dot_product_attention", "multihead_attention", "embedding",
-             "sinusoidal_positional_encoding"}
+             "sinusoidal_positional_encoding",
+             "rnn_cell", "lstm_cell", "gru_cell", "rnn", "lstm", "gru", "bahdanau_attention",
+             "luong_attention"}
     files = sorted(os.path.relpath(os.path.join(root, f), out_dir)
                    for root, _, names in os.walk(out_dir) for f in names if f.endswith(".safetensors"))
     failures, checked, skipped, worst = 0, 0, 0, {}
@@ -866,7 +1309,8 @@ def main():
         sys.exit(0 if check(args.out) else 1)
     w = Writer(args.out)
     try:
-        for generate in (gen_softmax, gen_sdpa, gen_mha, gen_embedding, gen_sinusoidal):
+        for generate in (gen_softmax, gen_sdpa, gen_mha, gen_embedding, gen_sinusoidal, gen_cells,
+                         gen_recurrent, gen_bahdanau, gen_luong):
             generate(w)
     except FixtureError as e:
         sys.exit("gen_fixtures: %s" % e)

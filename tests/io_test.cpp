@@ -99,16 +99,24 @@ TEMPLATE_TEST_CASE("safetensors: round trip of every writable dtype is bit-ident
   using S = TestType;
   using lim = std::numeric_limits<S>;
   const DType float_dtype = sizeof(S) == 4 ? DType::F32 : DType::F64;
-  const std::vector<S> values = {S(0),          -S(0),        S(1),           S(-2.5),
-                                 lim::denorm_min(), lim::min(), lim::max(),    lim::lowest(),
-                                 lim::infinity(), -lim::infinity(), lim::quiet_NaN(),
+  const std::vector<S> values = {S(0),
+                                 -S(0),
+                                 S(1),
+                                 S(-2.5),
+                                 lim::denorm_min(),
+                                 lim::min(),
+                                 lim::max(),
+                                 lim::lowest(),
+                                 lim::infinity(),
+                                 -lim::infinity(),
+                                 lim::quiet_NaN(),
                                  lim::epsilon()};
   const Tensor<S> x({3, 4}, values);  // [3, 4]
   const Tensor<S> scalar(Shape{}, S(3.25));
   const Tensor<S> empty(Shape{0, 3});
-  const Tensor<std::int64_t> ids({5}, std::vector<std::int64_t>{
-                                          std::numeric_limits<std::int64_t>::min(),
-                                          std::numeric_limits<std::int64_t>::max(), -1, 0, 42});
+  const Tensor<std::int64_t> ids(
+      {5}, std::vector<std::int64_t>{std::numeric_limits<std::int64_t>::min(),
+                                     std::numeric_limits<std::int64_t>::max(), -1, 0, 42});
   const Tensor<bool> mask({2, 3}, std::vector<bool>{true, false, false, true, true, false});
 
   SafeTensorsWriter w;
@@ -157,8 +165,7 @@ TEMPLATE_TEST_CASE("safetensors: round trip of every writable dtype is bit-ident
   }
 }
 
-TEMPLATE_TEST_CASE("safetensors: F32 and F64 convert to either float type", "[io]", float,
-                   double) {
+TEMPLATE_TEST_CASE("safetensors: F32 and F64 convert to either float type", "[io]", float, double) {
   using S = TestType;
   SafeTensorsWriter w;
   w.add("f", Tensor<float>({2}, std::vector<float>{0.1f, -3.0f}));
@@ -181,16 +188,15 @@ TEST_CASE("safetensors: writer lays out the header and data as the reference doe
   w.set_metadata("k", "v");
   // Tensors by decreasing element size, then name: z (8 bytes), a (4), m (1); the header
   // is 188 bytes of JSON padded with 4 spaces to 192 = 24 * 8.
-  const std::string header =
-      R"({"__metadata__":{"k":"v"},)"
-      R"("z":{"dtype":"I64","shape":[],"data_offsets":[0,8]},)"
-      R"("a":{"dtype":"F32","shape":[1],"data_offsets":[8,12]},)"
-      R"("m":{"dtype":"BOOL","shape":[2],"data_offsets":[12,14]}}    )";
+  const std::string header = R"({"__metadata__":{"k":"v"},)"
+                             R"("z":{"dtype":"I64","shape":[],"data_offsets":[0,8]},)"
+                             R"("a":{"dtype":"F32","shape":[1],"data_offsets":[8,12]},)"
+                             R"("m":{"dtype":"BOOL","shape":[2],"data_offsets":[12,14]}}    )";
   REQUIRE(header.size() == 192);
-  const Bytes data = {
-      0xFE, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF,  // -2 as little-endian two's complement
-      0x00, 0x00, 0x80, 0x3F,                          // 1.0f = 0x3F800000
-      0x01, 0x00};                                     // true, false
+  const Bytes data = {0xFE, 0xFF, 0xFF, 0xFF,
+                      0xFF, 0xFF, 0xFF, 0xFF,  // -2 as little-endian two's complement
+                      0x00, 0x00, 0x80, 0x3F,  // 1.0f = 0x3F800000
+                      0x01, 0x00};             // true, false
   REQUIRE(w.to_bytes() == file_bytes(header, data));
 }
 
@@ -208,12 +214,13 @@ TEMPLATE_TEST_CASE("safetensors: reads F16 from hand-built bytes", "[io]", float
       0x3555,  // exponent 13, mantissa 341: (1 + 341/1024) / 4 = 1365/4096 = 0.333251953125
       0x8000,  // -0.0
       0x7E00,  // exponent 31, mantissa != 0: NaN
+      0x7C01,  // signalling NaN (quiet bit 0x0200 clear), mantissa 1
   });
-  const SafeTensors st = parse(
-      file_bytes(R"({"h":{"dtype":"F16","shape":[11],"data_offsets":[0,22]}})", data));
+  const SafeTensors st =
+      parse(file_bytes(R"({"h":{"dtype":"F16","shape":[12],"data_offsets":[0,24]}})", data));
   REQUIRE(st.dtype("h") == DType::F16);
   const Tensor<S> h = st.get<S>("h");
-  REQUIRE(h.shape() == Shape{11});
+  REQUIRE(h.shape() == Shape{12});
   REQUIRE(h(0) == S(1));
   REQUIRE(h(1) == S(-2));
   REQUIRE(h(2) == std::numeric_limits<S>::infinity());
@@ -226,6 +233,13 @@ TEMPLATE_TEST_CASE("safetensors: reads F16 from hand-built bytes", "[io]", float
   REQUIRE(h(9) == S(0));
   REQUIRE(std::signbit(h(9)));
   REQUIRE(std::isnan(h(10)));
+  REQUIRE(std::isnan(h(11)));
+  if constexpr (std::is_same_v<S, float>) {
+    // Payload shifted up by 23 - 10 = 13 bits and quieted, as F16C and PyTorch do:
+    // 0x7F800000 | 0x00400000 (quiet) | 1 << 13 = 0x7FC02000; 0x7E00 -> 0x7FC00000.
+    REQUIRE(bits_of(h(10)) == 0x7FC00000u);
+    REQUIRE(bits_of(h(11)) == 0x7FC02000u);
+  }
 }
 
 TEMPLATE_TEST_CASE("safetensors: reads BF16 from hand-built bytes", "[io]", float, double) {
@@ -238,8 +252,8 @@ TEMPLATE_TEST_CASE("safetensors: reads BF16 from hand-built bytes", "[io]", floa
       0x0001,  // float bits 0x00010000: subnormal 2^16 * 2^-149 = 2^-133
       0x7FC0,  // NaN
   });
-  const SafeTensors st = parse(
-      file_bytes(R"({"b":{"dtype":"BF16","shape":[2,3],"data_offsets":[0,12]}})", data));
+  const SafeTensors st =
+      parse(file_bytes(R"({"b":{"dtype":"BF16","shape":[2,3],"data_offsets":[0,12]}})", data));
   const Tensor<S> b = st.get<S>("b");
   REQUIRE(b.shape() == Shape{2, 3});
   REQUIRE(b(0, 0) == S(1));
@@ -253,20 +267,18 @@ TEMPLATE_TEST_CASE("safetensors: reads BF16 from hand-built bytes", "[io]", floa
 TEST_CASE("safetensors: reads unaligned data byte-wise", "[io]") {
   // Header padded to 37 bytes, so the data buffer starts at file offset 45 (odd); the
   // BOOL first makes every later tensor start at an odd offset within the buffer too.
-  std::string header =
-      R"({"m":{"dtype":"BOOL","shape":[1],"data_offsets":[0,1]},)"
-      R"("d":{"dtype":"F64","shape":[1],"data_offsets":[1,9]},)"
-      R"("i":{"dtype":"I64","shape":[1],"data_offsets":[9,17]},)"
-      R"("f":{"dtype":"F32","shape":[1],"data_offsets":[17,21]},)"
-      R"("h":{"dtype":"F16","shape":[1],"data_offsets":[21,23]}})";
+  std::string header = R"({"m":{"dtype":"BOOL","shape":[1],"data_offsets":[0,1]},)"
+                       R"("d":{"dtype":"F64","shape":[1],"data_offsets":[1,9]},)"
+                       R"("i":{"dtype":"I64","shape":[1],"data_offsets":[9,17]},)"
+                       R"("f":{"dtype":"F32","shape":[1],"data_offsets":[17,21]},)"
+                       R"("h":{"dtype":"F16","shape":[1],"data_offsets":[21,23]}})";
   header.append(header.size() % 2 == 0 ? 1 : 0, ' ');
   REQUIRE(header.size() % 2 == 1);
-  const Bytes data = {
-      0x01,                                            // true
-      0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0xF8, 0xBF,  // -1.5 = 0xBFF8000000000000
-      0x07, 0x06, 0x05, 0x04, 0x03, 0x02, 0x01, 0x00,  // 0x0001020304050607
-      0x00, 0x00, 0x20, 0x41,                          // 10.0f = 0x41200000
-      0x00, 0xC4};                                     // F16 0xC400 = -4.0
+  const Bytes data = {0x01,                                            // true
+                      0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0xF8, 0xBF,  // -1.5 = 0xBFF8000000000000
+                      0x07, 0x06, 0x05, 0x04, 0x03, 0x02, 0x01, 0x00,  // 0x0001020304050607
+                      0x00, 0x00, 0x20, 0x41,                          // 10.0f = 0x41200000
+                      0x00, 0xC4};                                     // F16 0xC400 = -4.0
   const SafeTensors st = parse(file_bytes(header, data));
   REQUIRE(st.get<bool>("m")(0));
   REQUIRE(st.get<double>("d")(0) == -1.5);
@@ -378,9 +390,8 @@ TEST_CASE("safetensors: file I/O errors name the path", "[io]") {
   TempDir dir;
   const std::string missing = dir.file("missing.safetensors");
   REQUIRE_THROWS_AS(SafeTensors::load(missing), attend::error);
-  REQUIRE_THROWS_WITH(SafeTensors::load(missing),
-                      "SafeTensors::load: cannot open '" + missing +
-                          "': No such file or directory");
+  REQUIRE_THROWS_WITH(SafeTensors::load(missing), "SafeTensors::load: cannot open '" + missing +
+                                                      "': No such file or directory");
   const std::string as_dir = dir.path.string();
   REQUIRE_THROWS_AS(SafeTensors::load(as_dir), attend::error);
   REQUIRE_THROWS_WITH(SafeTensors::load(as_dir),
@@ -396,11 +407,10 @@ TEST_CASE("safetensors: file I/O errors name the path", "[io]") {
   const std::string short_file = dir.file("short.safetensors");
   std::ofstream(short_file, std::ios::binary) << "abc";
   REQUIRE_THROWS_AS(SafeTensors::load(short_file), attend::format_error);
-  REQUIRE_THROWS_WITH(SafeTensors::load(short_file),
-                      "SafeTensors: " + short_file +
-                          ": file is 3 bytes, expected at least 8 (the header length)");
+  REQUIRE_THROWS_WITH(
+      SafeTensors::load(short_file),
+      "SafeTensors: " + short_file + ": file is 3 bytes, expected at least 8 (the header length)");
 }
-
 
 // ---------------------------------------------------------------------------------------
 // Malformed files: each is a format_error naming the source (and the tensor), never a
@@ -487,9 +497,9 @@ TEST_CASE("safetensors: rejects JSON nested deeper than a header can be", "[io]"
 }
 
 TEST_CASE("safetensors: rejects duplicate keys", "[io]") {
-  require_format_error(file_bytes(std::string("{") + k_ok_entry + "," + k_ok_entry + "}",
-                                  Bytes(4, 0)),
-                       "SafeTensors: <buffer>: header has key 'a' twice");
+  require_format_error(
+      file_bytes(std::string("{") + k_ok_entry + "," + k_ok_entry + "}", Bytes(4, 0)),
+      "SafeTensors: <buffer>: header has key 'a' twice");
   require_format_error(
       file_bytes(R"({"a":{"dtype":"F32","shape":[1],"dtype":"F32","data_offsets":[0,4]}})",
                  Bytes(4, 0)),
@@ -504,9 +514,8 @@ TEST_CASE("safetensors: rejects an entry that is not an object", "[io]") {
 TEST_CASE("safetensors: rejects an entry missing dtype, shape or data_offsets", "[io]") {
   require_format_error(file_bytes(R"({"a":{"shape":[1],"data_offsets":[0,4]}})", Bytes(4, 0)),
                        "SafeTensors: <buffer>: tensor 'a' has no 'dtype'");
-  require_format_error(
-      file_bytes(R"({"a":{"dtype":"F32","data_offsets":[0,4]}})", Bytes(4, 0)),
-      "SafeTensors: <buffer>: tensor 'a' has no 'shape'");
+  require_format_error(file_bytes(R"({"a":{"dtype":"F32","data_offsets":[0,4]}})", Bytes(4, 0)),
+                       "SafeTensors: <buffer>: tensor 'a' has no 'shape'");
   require_format_error(file_bytes(R"({"a":{"dtype":"F32","shape":[1]}})", Bytes(4, 0)),
                        "SafeTensors: <buffer>: tensor 'a' has no 'data_offsets'");
 }
@@ -519,8 +528,7 @@ TEST_CASE("safetensors: rejects entry fields of the wrong JSON type", "[io]") {
       file_bytes(R"({"a":{"dtype":"F32","shape":"1","data_offsets":[0,4]}})", Bytes(4, 0)),
       "SafeTensors: <buffer>: tensor 'a': shape is a JSON string, expected an array");
   require_format_error(
-      file_bytes(R"({"a":{"dtype":"F32","shape":[1],"data_offsets":{"begin":0}}})",
-                 Bytes(4, 0)),
+      file_bytes(R"({"a":{"dtype":"F32","shape":[1],"data_offsets":{"begin":0}}})", Bytes(4, 0)),
       "SafeTensors: <buffer>: tensor 'a': data_offsets is a JSON object, expected an array");
 }
 
@@ -553,8 +561,7 @@ TEST_CASE("safetensors: rejects negative, non-integer or huge shape values", "[i
       "9223372036854775807");
 }
 
-TEST_CASE("safetensors: rejects data_offsets that are not [begin, end] with begin <= end",
-          "[io]") {
+TEST_CASE("safetensors: rejects data_offsets that are not [begin, end] with begin <= end", "[io]") {
   require_format_error(
       file_bytes(R"({"a":{"dtype":"F32","shape":[1],"data_offsets":[4]}})", Bytes(4, 0)),
       "SafeTensors: <buffer>: tensor 'a': data_offsets has 1 values, expected 2 ([begin, "
@@ -582,12 +589,11 @@ TEST_CASE("safetensors: rejects offsets outside the data buffer", "[io]") {
       "SafeTensors: <buffer>: tensor 'a': data_offsets are [0, 64], expected end <= 16 (the "
       "data buffer's size)");
   // An end near 2^64: compared without overflow.
-  require_format_error(
-      file_bytes(
-          R"({"a":{"dtype":"F32","shape":[1],"data_offsets":[18446744073709551612,18446744073709551615]}})",
-          k_zeros16),
-      "SafeTensors: <buffer>: tensor 'a': data_offsets are [18446744073709551612, "
-      "18446744073709551615], expected end <= 16 (the data buffer's size)");
+  require_format_error(file_bytes(R"({"a":{"dtype":"F32","shape":[1],)"
+                                  R"("data_offsets":[18446744073709551612,18446744073709551615]}})",
+                                  k_zeros16),
+                       "SafeTensors: <buffer>: tensor 'a': data_offsets are [18446744073709551612, "
+                       "18446744073709551615], expected end <= 16 (the data buffer's size)");
 }
 
 TEST_CASE("safetensors: rejects overlapping tensors", "[io]") {
@@ -628,8 +634,7 @@ TEST_CASE("safetensors: rejects a byte count other than prod(shape) * dtype size
       "(shape [] of F64)");
   // 2^32 * 2^32 = 2^64 elements: the product overflows before the final 0 is reached.
   require_format_error(
-      file_bytes(
-          R"({"a":{"dtype":"F32","shape":[4294967296,4294967296,0],"data_offsets":[0,0]}})"),
+      file_bytes(R"({"a":{"dtype":"F32","shape":[4294967296,4294967296,0],"data_offsets":[0,0]}})"),
       "SafeTensors: <buffer>: tensor 'a': shape [4294967296, 4294967296, 0] overflows the "
       "element count");
   // 2^62 elements fit an Index, 2^62 * 4 bytes do not; a wrapped product would be 0 bytes.
@@ -640,28 +645,25 @@ TEST_CASE("safetensors: rejects a byte count other than prod(shape) * dtype size
 }
 
 TEST_CASE("safetensors: rejects __metadata__ that is not an object of strings", "[io]") {
-  require_format_error(file_bytes(std::string(R"({"__metadata__":["k","v"],)") + k_ok_entry +
-                                      "}",
-                                  Bytes(4, 0)),
-                       "SafeTensors: <buffer>: __metadata__ is a JSON array, expected an object");
-  require_format_error(file_bytes(std::string(R"({"__metadata__":{"k":"v","n":3},)") +
-                                      k_ok_entry + "}",
-                                  Bytes(4, 0)),
-                       "SafeTensors: <buffer>: __metadata__ 'n' is a JSON number, expected a "
-                       "string");
+  require_format_error(
+      file_bytes(std::string(R"({"__metadata__":["k","v"],)") + k_ok_entry + "}", Bytes(4, 0)),
+      "SafeTensors: <buffer>: __metadata__ is a JSON array, expected an object");
+  require_format_error(
+      file_bytes(std::string(R"({"__metadata__":{"k":"v","n":3},)") + k_ok_entry + "}",
+                 Bytes(4, 0)),
+      "SafeTensors: <buffer>: __metadata__ 'n' is a JSON number, expected a "
+      "string");
 }
 
 TEST_CASE("safetensors: rejects BOOL bytes other than 0 and 1", "[io]") {
   require_format_error(
-      file_bytes(R"({"m":{"dtype":"BOOL","shape":[4],"data_offsets":[0,4]}})",
-                 Bytes{1, 0, 2, 1}),
+      file_bytes(R"({"m":{"dtype":"BOOL","shape":[4],"data_offsets":[0,4]}})", Bytes{1, 0, 2, 1}),
       "SafeTensors: <buffer>: tensor 'm': element 2 is 2, expected 0 or 1 (BOOL)");
 }
 
 TEST_CASE("safetensors: format errors name the source", "[io]") {
   const Bytes bytes = file_bytes(R"({"a":3})");
-  REQUIRE_THROWS_AS(SafeTensors::parse(bytes, "weights/model.safetensors"),
-                    attend::format_error);
+  REQUIRE_THROWS_AS(SafeTensors::parse(bytes, "weights/model.safetensors"), attend::format_error);
   REQUIRE_THROWS_WITH(SafeTensors::parse(bytes, "weights/model.safetensors"),
                       "SafeTensors: weights/model.safetensors: tensor 'a' is a JSON number, "
                       "expected an object");
@@ -720,8 +722,7 @@ TEMPLATE_TEST_CASE("state_dict: load_matrix and load_vector", "[io]", float, dou
   using S = TestType;
   SafeTensorsWriter w;
   // in_proj_weight [3, 2] row-major: row r holds (10r + 1, 10r + 2).
-  w.add("in_proj_weight",
-        Tensor<float>({3, 2}, std::vector<float>{1, 2, 11, 12, 21, 22}));
+  w.add("in_proj_weight", Tensor<float>({3, 2}, std::vector<float>{1, 2, 11, 12, 21, 22}));
   w.add("in_proj_bias", Tensor<double>({3}, std::vector<double>{0.5, -0.5, 0.25}));
   w.add("bad.weight", Tensor<float>({2, 2}, std::vector<float>{1, 2, std::nanf(""), 4}));
   w.add("bad.bias", Tensor<double>({3}, std::vector<double>{0, 1, -HUGE_VAL}));
@@ -773,8 +774,9 @@ TEMPLATE_TEST_CASE("state_dict: load_matrix and load_vector", "[io]", float, dou
 
 TEST_CASE("state_dict: load_matrix reads F16 parameters", "[io]") {
   // F16 words 0x3C00 = 1.0, 0xC000 = -2.0, 0x3800 = 0.5, 0x4200 = 3.0 as a [2, 2] matrix.
-  const SafeTensors st = parse(file_bytes(R"({"w":{"dtype":"F16","shape":[2,2],"data_offsets":[0,8]}})",
-                                          le16({0x3C00, 0xC000, 0x3800, 0x4200})));
+  const SafeTensors st =
+      parse(file_bytes(R"({"w":{"dtype":"F16","shape":[2,2],"data_offsets":[0,8]}})",
+                       le16({0x3C00, 0xC000, 0x3800, 0x4200})));
   attend::Matrix<float> want(2, 2);
   want << 1.0f, -2.0f, 0.5f, 3.0f;
   REQUIRE(attend::load_matrix<float>(st, "w", 2, 2) == want);

@@ -14,8 +14,11 @@
 
 #include "attend/embedding/positional.hpp"
 
+#include "attend/attention/fused_avx2.hpp"
 #include "attend/attention/mask.hpp"
+#include "attend/attention/fused_kernels.hpp"
 #include "attend/attention/scaled_dot_product.hpp"
+#include "attend/attention/fused.hpp"
 
 #include "attend/io/safetensors_format.hpp"
 #include "attend/io/safetensors.hpp"
@@ -25,6 +28,9 @@
 #include "attend/embedding/embedding.hpp"
 
 #include "attend/attention/multihead.hpp"
+
+#include "attend/rnn/cells.hpp"
+#include "attend/rnn/recurrent.hpp"
 
 #include "attend/text/tokenizer.hpp"
 #include "attend/text/vocabulary.hpp"

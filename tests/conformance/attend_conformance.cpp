@@ -15,25 +15,39 @@ namespace fs = std::filesystem;
 
 namespace {
 
-std::vector<std::string> collect(int argc, char** argv, std::vector<std::string>& missing) {
+// The case files under the arguments, sorted; `problems` gets "<path>  <reason>" for an
+// argument that does not exist or a folder that cannot be walked to the end.
+std::vector<std::string> collect(int argc, char** argv, std::vector<std::string>& problems) {
   std::vector<std::string> files;
   for (int i = 1; i < argc; ++i) {
     const fs::path p(argv[i]);
     std::error_code ec;
     if (fs::is_directory(p, ec)) {
-      for (const auto& e : fs::recursive_directory_iterator(p, ec)) {
-        if (e.is_regular_file(ec) && e.path().extension() == ".safetensors") {
-          files.push_back(e.path().string());
+      // increment(ec), not a range-for: its operator++ throws on an unreadable entry.
+      fs::recursive_directory_iterator it(p, ec), end;
+      for (; !ec && it != end; it.increment(ec)) {
+        std::error_code type_ec;
+        if (it->is_regular_file(type_ec) && it->path().extension() == ".safetensors") {
+          files.push_back(it->path().string());
         }
       }
+      if (ec) problems.push_back(p.string() + "  cannot read the folder: " + ec.message());
     } else if (fs::exists(p, ec)) {
       files.push_back(p.string());
     } else {
-      missing.push_back(p.string());
+      problems.push_back(p.string() + "  no such file or folder");
     }
   }
   std::sort(files.begin(), files.end());
   return files;
+}
+
+// `s` on one line: control characters (a tensor name may hold a newline) become spaces.
+std::string one_line(std::string s) {
+  for (char& ch : s) {
+    if (static_cast<unsigned char>(ch) < 0x20 || ch == 0x7f) ch = ' ';
+  }
+  return s;
 }
 
 std::vector<std::uint8_t> read_all(const std::string& path, bool& ok) {
@@ -50,18 +64,18 @@ int main(int argc, char** argv) {
                  "Runs every fixture case (FIXTURES.md) and prints PASS, FAIL or UNSUPPORTED.\n";
     return 2;
   }
-  std::vector<std::string> missing;
-  const std::vector<std::string> files = collect(argc, argv, missing);
+  std::vector<std::string> problems;
+  const std::vector<std::string> files = collect(argc, argv, problems);
   int passed = 0, failed = 0;
-  for (const std::string& m : missing) {
-    std::cout << "FAIL   " << m << "  no such file or folder\n";
+  for (const std::string& m : problems) {
+    std::cout << "FAIL   " << one_line(m) << "\n";
     ++failed;
   }
   for (const std::string& f : files) {
     bool ok = false;
     std::vector<std::uint8_t> bytes = read_all(f, ok);
     if (!ok) {
-      std::cout << "FAIL   " << f << "  cannot read the file\n";
+      std::cout << "FAIL   " << one_line(f) << "  cannot read the file\n";
       ++failed;
       continue;
     }
@@ -71,20 +85,24 @@ int main(int argc, char** argv) {
       case CaseResult::Status::pass: {
         char err[32];
         std::snprintf(err, sizeof err, "%.3e", r.max_abs_err);
-        std::cout << "PASS   " << f << "  max_abs_err=" << err << "\n";
+        std::cout << "PASS   " << one_line(f) << "  max_abs_err=" << err << "\n";
         ++passed;
         break;
       }
       case CaseResult::Status::fail:
-        std::cout << "FAIL   " << f << "  " << r.detail << "\n";
+        std::cout << "FAIL   " << one_line(f) << "  " << one_line(r.detail) << "\n";
         ++failed;
         break;
       case CaseResult::Status::unsupported:
-        std::cout << "UNSUPPORTED " << f << "  " << r.detail << "\n";
+        std::cout << "UNSUPPORTED " << one_line(f) << "  " << one_line(r.detail) << "\n";
         ++failed;
         break;
     }
   }
   std::cout << passed << " passed, " << failed << " failed\n";
+  if (passed + failed == 0) {  // an empty or misspelt folder must not look like success
+    std::cerr << "attend-conformance: no .safetensors case found\n";
+    return 1;
+  }
   return failed == 0 ? 0 : 1;
 }

@@ -11,10 +11,12 @@
 #include <cstdint>
 #include <limits>
 #include <map>
+#include <optional>
 #include <set>
 #include <sstream>
 #include <stdexcept>
 #include <string>
+#include <utility>
 #include <vector>
 
 namespace attend::conformance {
@@ -64,11 +66,27 @@ inline double parse_tolerance(const std::map<std::string, std::string>& meta, co
   return v;
 }
 
+/// An option's value for a message: scalars as JSON text, containers by type only
+/// (dumping a hostile, deeply nested value would recurse until the stack overflows).
+inline std::string describe(const json& v) {
+  return v.is_structured() ? std::string("a JSON ") + v.type_name() : v.dump();
+}
+
 /// Rejects options the runner does not know, so a case is never silently misread.
 inline void allow_options(const Case& c, std::initializer_list<const char*> known) {
   const std::set<std::string> ok(known.begin(), known.end());
   for (auto it = c.options.begin(); it != c.options.end(); ++it) {
     if (!ok.count(it.key())) throw unsupported("option '" + it.key() + "' of " + c.module);
+  }
+}
+
+/// Rejects `input.` tensors the module does not take: ignoring one would misread the case.
+inline void allow_inputs(const Case& c, std::initializer_list<const char*> known) {
+  const std::set<std::string> ok(known.begin(), known.end());
+  for (const std::string& name : c.st->names()) {
+    if (name.rfind("input.", 0) == 0 && !ok.count(name.substr(6))) {
+      throw unsupported("input '" + name.substr(6) + "' of " + c.module);
+    }
   }
 }
 
@@ -79,14 +97,14 @@ inline bool opt_bool(const Case& c, const char* name, bool fallback) {
   if (it->is_number_integer() && (it->get<std::int64_t>() == 0 || it->get<std::int64_t>() == 1)) {
     return it->get<std::int64_t>() == 1;
   }
-  throw format_error(std::string("option '") + name + "' is " + it->dump() + ", expected a boolean");
+  throw format_error(std::string("option '") + name + "' is " + describe(*it) + ", expected a boolean");
 }
 
 inline std::optional<Index> opt_int(const Case& c, const char* name) {
   const auto it = c.options.find(name);
   if (it == c.options.end() || it->is_null()) return std::nullopt;
   if (it->is_number_integer()) return static_cast<Index>(it->get<std::int64_t>());
-  throw format_error(std::string("option '") + name + "' is " + it->dump() +
+  throw format_error(std::string("option '") + name + "' is " + describe(*it) +
                      ", expected an integer");
 }
 
@@ -100,14 +118,14 @@ inline std::optional<double> opt_number(const Case& c, const char* name) {
   const auto it = c.options.find(name);
   if (it == c.options.end() || it->is_null()) return std::nullopt;
   if (it->is_number()) return it->get<double>();
-  throw format_error(std::string("option '") + name + "' is " + it->dump() + ", expected a number");
+  throw format_error(std::string("option '") + name + "' is " + describe(*it) + ", expected a number");
 }
 
 inline std::string opt_string(const Case& c, const char* name, const std::string& fallback) {
   const auto it = c.options.find(name);
   if (it == c.options.end() || it->is_null()) return fallback;
   if (it->is_string()) return it->get<std::string>();
-  throw format_error(std::string("option '") + name + "' is " + it->dump() + ", expected a string");
+  throw format_error(std::string("option '") + name + "' is " + describe(*it) + ", expected a string");
 }
 
 /// Dropout options are accepted only when they are zero (fixtures run in eval mode).
@@ -122,12 +140,28 @@ inline bool is_bool_dtype(DType d) { return d == DType::BOOL || d == DType::I64;
 /// 3-D MHA mask [B * heads, L, S].
 template <typename S>
 Mask read_mask(const Case& c, const std::string& name, Index heads) {
+  // PyTorch broadcasts an SDPA mask of rank < 2 ([S] or a scalar) as [1, S] or [1, 1];
+  // the Mask type takes rank 2 to 4. (MHA masks must be 2-D or 3-D, as in PyTorch.)
+  const auto at_least_2d = [heads](auto m) {
+    if (heads > 0 || m.rank() >= 2) return m;
+    return m.reshaped({1, m.rank() == 1 ? m.dim(0) : 1});
+  };
   if (is_bool_dtype(c.st->dtype(name))) {
-    const Tensor<bool> m = c.st->get<bool>(name);
+    const Tensor<bool> m = at_least_2d(c.st->get<bool>(name));
     return heads > 0 ? Mask::from_torch_mha(m, heads) : Mask::deny(m);
   }
-  const Tensor<S> m = c.st->get<S>(name);
+  const Tensor<S> m = at_least_2d(c.st->get<S>(name));
   return heads > 0 ? Mask::from_torch_mha_additive(m, heads) : Mask::additive(m);
+}
+
+/// Rejects a key with S = 0 positions (S on axis `s_axis`): every score row would be
+/// empty, i.e. fully masked, which FIXTURES.md excludes (attend's softmax asserts on it).
+template <typename S>
+void no_empty_rows(const Tensor<S>& key, Index s_axis) {
+  if (s_axis >= 0 && s_axis < key.rank() && key.dim(s_axis) == 0) {
+    throw format_error("input.key is " + attend::detail::shape_string(key.shape()) +
+                       ": S = 0 keys leave every query row fully masked");
+  }
 }
 
 template <typename S>
@@ -136,6 +170,7 @@ using Outputs = std::map<std::string, Tensor<S>>;
 template <typename S>
 Outputs<S> run_softmax(const Case& c) {
   allow_options(c, {"dim"});
+  allow_inputs(c, {"input"});
   const Tensor<S> x = c.st->get<S>("input.input");
   const Index r = x.rank();
   Index dim = opt_int(c, "dim").value_or(-1);
@@ -148,6 +183,7 @@ Outputs<S> run_softmax(const Case& c) {
   for (Index i = dim + 1; i < r; ++i) inner *= x.dim(i);
   const Index n = x.dim(dim);
   Tensor<S> y(x.shape());
+  if (y.size() == 0) return {{"output", y}};  // attend::softmax asserts on an empty row
   Matrix<S> row(1, n);
   for (Index o = 0; o < outer; ++o) {
     for (Index in = 0; in < inner; ++in) {
@@ -162,11 +198,13 @@ Outputs<S> run_softmax(const Case& c) {
 template <typename S>
 Outputs<S> run_sdpa(const Case& c) {
   allow_options(c, {"is_causal", "scale", "dropout_p", "enable_gqa"});
+  allow_inputs(c, {"query", "key", "value", "attn_mask"});
   ignore_dropout(c, "dropout_p");
   if (opt_bool(c, "enable_gqa", false)) throw unsupported("option 'enable_gqa'");
   const Tensor<S> q = c.st->get<S>("input.query");
   const Tensor<S> k = c.st->get<S>("input.key");
   const Tensor<S> v = c.st->get<S>("input.value");
+  no_empty_rows(k, k.rank() - 2);
   Mask mask;
   if (c.st->contains("input.attn_mask")) mask = read_mask<S>(c, "input.attn_mask", 0);
   if (opt_bool(c, "is_causal", false)) mask = mask & Mask::causal(0);
@@ -179,6 +217,7 @@ Outputs<S> run_mha(const Case& c) {
   allow_options(c, {"embed_dim", "num_heads", "bias", "kdim", "vdim", "batch_first",
                     "need_weights", "average_attn_weights", "is_causal", "dropout",
                     "add_bias_kv", "add_zero_attn"});
+  allow_inputs(c, {"query", "key", "value", "key_padding_mask", "attn_mask"});
   ignore_dropout(c, "dropout");
   if (opt_bool(c, "add_bias_kv", false)) throw unsupported("option 'add_bias_kv'");
   if (opt_bool(c, "add_zero_attn", false)) throw unsupported("option 'add_zero_attn'");
@@ -189,6 +228,22 @@ Outputs<S> run_mha(const Case& c) {
   o.kdim = opt_int(c, "kdim").value_or(0);
   o.vdim = opt_int(c, "vdim").value_or(0);
   o.batch_first = opt_bool(c, "batch_first", false);
+  if (o.embed_dim > 0 && o.kdim >= 0 && o.vdim >= 0) {
+    // The constructor allocates parameters as large as the options say: require the file
+    // to hold them first, so a small malformed file cannot make the runner allocate GBs.
+    const Index E = o.embed_dim, kdim = o.kdim ? o.kdim : E, vdim = o.vdim ? o.vdim : E;
+    std::vector<std::pair<std::string, Shape>> params{{"out_proj.weight", {E, E}}};
+    if (kdim == E && vdim == E) {
+      params.push_back({"in_proj_weight", {3 * E, E}});
+    } else {
+      params.push_back({"q_proj_weight", {E, E}});
+      params.push_back({"k_proj_weight", {E, kdim}});
+      params.push_back({"v_proj_weight", {E, vdim}});
+    }
+    for (const auto& p : params) {
+      attend::detail::require_parameter(*c.st, p.first, p.second, "multihead_attention");
+    }
+  }
   MultiheadAttention<S> mha(o);
   mha.load_state_dict(*c.st);
   MultiheadAttentionArgs a;
@@ -218,6 +273,7 @@ Outputs<S> run_mha(const Case& c) {
   if (has_k) {
     const Tensor<S> k = c.st->get<S>("input.key");
     const Tensor<S> v = c.st->get<S>("input.value");
+    no_empty_rows(k, k.rank() == 3 && o.batch_first ? 1 : 0);
     r = mha.forward(q, k, v, a);
   } else {
     r = mha.forward(q, a);
@@ -231,6 +287,7 @@ template <typename S>
 Outputs<S> run_embedding(const Case& c) {
   allow_options(c, {"num_embeddings", "embedding_dim", "padding_idx", "max_norm", "norm_type",
                     "scale_grad_by_freq", "sparse"});
+  allow_inputs(c, {"input"});
   if (opt_number(c, "max_norm")) throw unsupported("option 'max_norm'");
   const Index V = opt_required_int(c, "num_embeddings");
   const Index D = opt_required_int(c, "embedding_dim");
@@ -245,6 +302,7 @@ Outputs<S> run_embedding(const Case& c) {
 template <typename S>
 Outputs<S> run_sinusoidal(const Case& c) {
   allow_options(c, {"max_len", "d_model", "layout", "first_position"});
+  allow_inputs(c, {});
   const std::string layout = opt_string(c, "layout", "interleaved");
   PositionalLayout l = PositionalLayout::interleaved;
   if (layout == "concatenated") {
@@ -252,9 +310,17 @@ Outputs<S> run_sinusoidal(const Case& c) {
   } else if (layout != "interleaved") {
     throw unsupported("layout '" + layout + "'");
   }
-  const Matrix<S> pe = sinusoidal_positional_encoding<S>(
-      opt_required_int(c, "max_len"), opt_required_int(c, "d_model"), l,
-      opt_int(c, "first_position").value_or(0));
+  const Index max_len = opt_required_int(c, "max_len"), d_model = opt_required_int(c, "d_model");
+  // The table's size comes from the options alone: check it against the file before
+  // computing it, so a small malformed file cannot ask for max_len * d_model = 1e10 values.
+  const std::string want = "expected.output";
+  if (c.st->contains(want) && c.st->shape(want) != Shape{max_len, d_model}) {
+    throw shape_error(want + " is " + attend::detail::shape_string(c.st->shape(want)) +
+                      ", expected [max_len, d_model] = [" + std::to_string(max_len) + ", " +
+                      std::to_string(d_model) + "]");
+  }
+  const Matrix<S> pe = sinusoidal_positional_encoding<S>(max_len, d_model, l,
+                                                         opt_int(c, "first_position").value_or(0));
   return {{"output", Tensor<S>::from_matrix(pe)}};
 }
 
@@ -313,7 +379,11 @@ void compare(const Case& c, const Outputs<S>& got, CaseResult& result) {
       if (!ok) {
         const double ratio = std::isnan(err) || tol == 0.0 ? std::numeric_limits<double>::infinity()
                                                            : err / tol;
-        if (ratio > worst_ratio || worst < 0) {
+        // Ties (a zero tolerance makes every ratio infinite) go to the larger error.
+        const double key_err = std::isnan(err) ? std::numeric_limits<double>::infinity() : err;
+        const double worst_key = std::isnan(worst_err) ? std::numeric_limits<double>::infinity()
+                                                       : worst_err;
+        if (worst < 0 || ratio > worst_ratio || (ratio == worst_ratio && key_err > worst_key)) {
           worst_ratio = ratio;
           worst = i;
           worst_err = std::isnan(err) ? std::numeric_limits<double>::quiet_NaN() : err;
@@ -349,7 +419,11 @@ inline CaseResult run_case_bytes(std::vector<std::uint8_t> bytes, const std::str
     c.module = m->second;
     const auto o = meta.find("options");
     if (o != meta.end()) {
-      c.options = detail::json::parse(o->second);
+      try {
+        c.options = detail::json::parse(o->second);
+      } catch (const detail::json::parse_error& e) {
+        throw format_error(std::string("metadata 'options' is not valid JSON: ") + e.what());
+      }
       if (!c.options.is_object()) throw format_error("metadata 'options' is not a JSON object");
     }
     c.rtol = detail::parse_tolerance(meta, "rtol", c.rtol);
@@ -365,6 +439,11 @@ inline CaseResult run_case_bytes(std::vector<std::uint8_t> bytes, const std::str
       if (name.rfind("grad.", 0) == 0 || name.rfind("upstream.", 0) == 0) gradient_case = true;
     }
     if (gradient_case) throw unsupported("gradient case (grad./upstream. tensors) of " + c.module);
+    const std::vector<std::string> names = st.names();
+    if (std::none_of(names.begin(), names.end(),
+                     [](const std::string& n) { return n.rfind("expected.", 0) == 0; })) {
+      throw format_error("no expected. tensor: the case checks nothing");
+    }
     if (float_dtypes.size() != 1) {
       throw format_error("float tensors must share one dtype, found " +
                          std::to_string(float_dtypes.size()));

@@ -49,6 +49,83 @@ inline double attention_scale(std::optional<double> scale, Index d_k, const std:
   return *scale;
 }
 
+/// Checks the arguments of the matrix form of attention (shapes, mask, finite values,
+/// scale) with messages prefixed by `who`. \returns the scale to use.
+template <typename DQ, typename DK, typename DV>
+double check_attention_matrices(const Eigen::MatrixBase<DQ>& q, const Eigen::MatrixBase<DK>& k,
+                                const Eigen::MatrixBase<DV>& v, const Mask& mask,
+                                std::optional<double> scale, const std::string& who) {
+  if (k.cols() != q.cols()) {
+    throw shape_error(who + ": key is " + matrix_shape(k) + ", expected [S, " +
+                      std::to_string(q.cols()) + "] (d_k of query)");
+  }
+  if (v.rows() != k.rows()) {
+    throw shape_error(who + ": value is " + matrix_shape(v) + ", expected [" +
+                      std::to_string(k.rows()) + ", d_v] (S of key)");
+  }
+  check_finite(q, who, "query");
+  check_finite(k, who, "key");
+  check_finite(v, who, "value");
+  const Index L = q.rows();
+  const Index Sk = k.rows();
+  mask.check(1, 1, L, Sk, who, "mask");
+  return attention_scale(scale, q.cols(), who);
+}
+
+/// Extents of a batched attention call; rank 3 `[N, L, d]` puts N in the H slot.
+struct AttentionDims {
+  Index B, H, L, S, d_k, d_v;
+  double scale;  // given, or 1/sqrt(d_k)
+};
+
+/// Checks the arguments of the tensor form of attention with messages prefixed by `who`.
+template <typename S>
+AttentionDims check_attention_tensors(const Tensor<S>& query, const Tensor<S>& key,
+                                      const Tensor<S>& value, const Mask& mask,
+                                      std::optional<double> scale, const std::string& who) {
+  const Index r = query.rank();
+  if (r < 2 || r > 4) {
+    throw shape_error(who + ": query is " + shape_string(query.shape()) +
+                      ", expected rank 2 to 4 ([B, H, L, d_k])");
+  }
+  Shape want_k = query.shape();
+  want_k[static_cast<std::size_t>(r - 2)] = -1;  // S is free
+  const auto matches = [&](const Tensor<S>& t, const Shape& want, std::size_t free_dim) {
+    if (t.rank() != r) return false;
+    for (std::size_t i = 0; i < want.size(); ++i) {
+      if (i != free_dim && t.shape()[i] != want[i]) return false;
+    }
+    return true;
+  };
+  const auto shape_with_names = [&](Shape s, std::size_t i, const char* name) {
+    std::string out = "[";
+    for (std::size_t j = 0; j < s.size(); ++j) {
+      if (j) out += ", ";
+      out += (j == i) ? std::string(name) : std::to_string(s[j]);
+    }
+    return out + "]";
+  };
+  const std::size_t sdim = static_cast<std::size_t>(r - 2);
+  if (!matches(key, want_k, sdim)) {
+    throw shape_error(who + ": key is " + shape_string(key.shape()) + ", expected " +
+                      shape_with_names(want_k, sdim, "S"));
+  }
+  Shape want_v = key.shape();
+  if (!matches(value, want_v, static_cast<std::size_t>(r - 1))) {
+    throw shape_error(who + ": value is " + shape_string(value.shape()) + ", expected " +
+                      shape_with_names(want_v, static_cast<std::size_t>(r - 1), "d_v"));
+  }
+  // Canonical [B, H] leading extents: rank 3 puts its leading dim in the H slot.
+  const Index B = r == 4 ? query.dim(0) : 1;
+  const Index H = r == 4 ? query.dim(1) : (r == 3 ? query.dim(0) : 1);
+  const Index L = query.dim(-2), Sk = key.dim(-2), d_k = query.dim(-1), d_v = value.dim(-1);
+  mask.check(B, H, L, Sk, who, "attn_mask");
+  check_finite(query.as_matrix(), who, "query");
+  check_finite(key.as_matrix(), who, "key");
+  check_finite(value.as_matrix(), who, "value");
+  return {B, H, L, Sk, d_k, d_v, attention_scale(scale, d_k, who)};
+}
+
 /// One head of reference attention. No checks: the caller validated shapes and mask.
 /// \param q [L, d_k] \param k [S, d_k] \param v [S, d_v] \param out [L, d_v] (written)
 /// \param weights [L, S] (written): the softmax of the masked, scaled scores.
@@ -83,21 +160,9 @@ Matrix<typename DQ::Scalar> scaled_dot_product_attention(
   static_assert(is_supported_scalar_v<S>,
                 "attend::scaled_dot_product_attention: Scalar must be float or double");
   const std::string who = "scaled_dot_product_attention";
-  if (k.cols() != q.cols()) {
-    throw shape_error(who + ": key is " + detail::matrix_shape(k) + ", expected [S, " +
-                      std::to_string(q.cols()) + "] (d_k of query)");
-  }
-  if (v.rows() != k.rows()) {
-    throw shape_error(who + ": value is " + detail::matrix_shape(v) + ", expected [" +
-                      std::to_string(k.rows()) + ", d_v] (S of key)");
-  }
-  detail::check_finite(q, who, "query");
-  detail::check_finite(k, who, "key");
-  detail::check_finite(v, who, "value");
+  const S sc = static_cast<S>(detail::check_attention_matrices(q, k, v, mask, scale, who));
   const Index L = q.rows();
   const Index Sk = k.rows();
-  mask.check(1, 1, L, Sk, who, "mask");
-  const S sc = static_cast<S>(detail::attention_scale(scale, q.cols(), who));
   const Matrix<S> qe = q, ke = k, ve = v;
   Matrix<S> out(L, v.cols());
   Matrix<S> w(L, Sk);
@@ -122,47 +187,10 @@ AttentionResult<S> scaled_dot_product_attention(const Tensor<S>& query, const Te
   static_assert(is_supported_scalar_v<S>,
                 "attend::scaled_dot_product_attention: Scalar must be float or double");
   const std::string who = "scaled_dot_product_attention";
-  const Index r = query.rank();
-  if (r < 2 || r > 4) {
-    throw shape_error(who + ": query is " + detail::shape_string(query.shape()) +
-                      ", expected rank 2 to 4 ([B, H, L, d_k])");
-  }
-  Shape want_k = query.shape();
-  want_k[static_cast<std::size_t>(r - 2)] = -1;  // S is free
-  const auto matches = [&](const Tensor<S>& t, const Shape& want, std::size_t free_dim) {
-    if (t.rank() != r) return false;
-    for (std::size_t i = 0; i < want.size(); ++i) {
-      if (i != free_dim && t.shape()[i] != want[i]) return false;
-    }
-    return true;
-  };
-  const auto shape_with_names = [&](Shape s, std::size_t i, const char* name) {
-    std::string out = "[";
-    for (std::size_t j = 0; j < s.size(); ++j) {
-      if (j) out += ", ";
-      out += (j == i) ? std::string(name) : std::to_string(s[j]);
-    }
-    return out + "]";
-  };
-  const std::size_t sdim = static_cast<std::size_t>(r - 2);
-  if (!matches(key, want_k, sdim)) {
-    throw shape_error(who + ": key is " + detail::shape_string(key.shape()) + ", expected " +
-                      shape_with_names(want_k, sdim, "S"));
-  }
-  Shape want_v = key.shape();
-  if (!matches(value, want_v, static_cast<std::size_t>(r - 1))) {
-    throw shape_error(who + ": value is " + detail::shape_string(value.shape()) + ", expected " +
-                      shape_with_names(want_v, static_cast<std::size_t>(r - 1), "d_v"));
-  }
-  // Canonical [B, H] leading extents: rank 3 puts its leading dim in the H slot.
-  const Index B = r == 4 ? query.dim(0) : 1;
-  const Index H = r == 4 ? query.dim(1) : (r == 3 ? query.dim(0) : 1);
-  const Index L = query.dim(-2), Sk = key.dim(-2), d_k = query.dim(-1), d_v = value.dim(-1);
-  mask.check(B, H, L, Sk, who, "attn_mask");
-  detail::check_finite(query.as_matrix(), who, "query");
-  detail::check_finite(key.as_matrix(), who, "key");
-  detail::check_finite(value.as_matrix(), who, "value");
-  const S sc = static_cast<S>(detail::attention_scale(scale, d_k, who));
+  const detail::AttentionDims dims =
+      detail::check_attention_tensors(query, key, value, mask, scale, who);
+  const Index B = dims.B, H = dims.H, L = dims.L, Sk = dims.S, d_k = dims.d_k, d_v = dims.d_v;
+  const S sc = static_cast<S>(dims.scale);
 
   Shape out_shape = query.shape();
   out_shape.back() = d_v;

@@ -43,7 +43,7 @@ class SafeTensors {
   /// \throws format_error when the contents are malformed (names the path).
   static SafeTensors load(const std::string& path) {
     std::unique_ptr<std::FILE, int (*)(std::FILE*)> file(std::fopen(path.c_str(), "rb"),
-                                                        &std::fclose);
+                                                         &std::fclose);
     if (!file) {
       const int err = errno;
       throw error("SafeTensors::load: cannot open '" + path +
@@ -119,8 +119,8 @@ class SafeTensors {
                   "SafeTensors::get reads float, double, std::int64_t or bool");
     const detail::SafeTensorsEntry& e = entry(name);
     const DType dt = e.dtype;
-    const bool floating = dt == DType::F16 || dt == DType::BF16 || dt == DType::F32 ||
-                          dt == DType::F64;
+    const bool floating =
+        dt == DType::F16 || dt == DType::BF16 || dt == DType::F32 || dt == DType::F64;
     const bool integral = dt == DType::I64 || dt == DType::BOOL;
     const char* wanted = "bool";
     const char* accepted = "BOOL or I64";
@@ -135,8 +135,7 @@ class SafeTensors {
     }
     if (!ok) {
       throw value_error("SafeTensors::get: tensor '" + name + "' in " + source_ + " is " +
-                        to_string(dt) + ", expected " + accepted + " (reading as " + wanted +
-                        ")");
+                        to_string(dt) + ", expected " + accepted + " (reading as " + wanted + ")");
     }
 
     Tensor<T> out(e.shape);

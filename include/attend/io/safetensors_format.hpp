@@ -24,12 +24,18 @@ enum class DType { F16, BF16, F32, F64, I64, BOOL };
 /// The format's spelling: "F16", "BF16", "F32", "F64", "I64", "BOOL".
 inline std::string to_string(DType dtype) {
   switch (dtype) {
-    case DType::F16: return "F16";
-    case DType::BF16: return "BF16";
-    case DType::F32: return "F32";
-    case DType::F64: return "F64";
-    case DType::I64: return "I64";
-    case DType::BOOL: return "BOOL";
+    case DType::F16:
+      return "F16";
+    case DType::BF16:
+      return "BF16";
+    case DType::F32:
+      return "F32";
+    case DType::F64:
+      return "F64";
+    case DType::I64:
+      return "I64";
+    case DType::BOOL:
+      return "BOOL";
   }
   return "?";
 }
@@ -37,12 +43,18 @@ inline std::string to_string(DType dtype) {
 /// Bytes per element: 2, 2, 4, 8, 8, 1.
 inline std::size_t dtype_size(DType dtype) {
   switch (dtype) {
-    case DType::F16: return 2;
-    case DType::BF16: return 2;
-    case DType::F32: return 4;
-    case DType::F64: return 8;
-    case DType::I64: return 8;
-    case DType::BOOL: return 1;
+    case DType::F16:
+      return 2;
+    case DType::BF16:
+      return 2;
+    case DType::F32:
+      return 4;
+    case DType::F64:
+      return 8;
+    case DType::I64:
+      return 8;
+    case DType::BOOL:
+      return 1;
   }
   return 0;
 }
@@ -51,8 +63,7 @@ namespace detail {
 
 /// Parses the format's spelling of a dtype; false when it is not one attend reads.
 inline bool dtype_from_string(const std::string& s, DType& out) {
-  for (const DType d : {DType::F16, DType::BF16, DType::F32, DType::F64, DType::I64,
-                        DType::BOOL}) {
+  for (const DType d : {DType::F16, DType::BF16, DType::F32, DType::F64, DType::I64, DType::BOOL}) {
     if (s == to_string(d)) {
       out = d;
       return true;
@@ -89,7 +100,8 @@ inline double load_f64(const std::uint8_t* p) {
   return d;
 }
 
-/// IEEE binary16 -> binary32, exact (every half is a float). NaN payloads are kept.
+/// IEEE binary16 -> binary32, exact (every half is a float). A NaN keeps its payload and
+/// is made quiet, as the F16C instruction and PyTorch's conversion do.
 inline float half_to_float(std::uint16_t h) {
   const std::uint32_t sign = (std::uint32_t{h} & 0x8000u) << 16;
   const std::uint32_t exponent = (std::uint32_t{h} >> 10) & 0x1Fu;
@@ -101,7 +113,8 @@ inline float half_to_float(std::uint16_t h) {
     return sign != 0 ? -magnitude : magnitude;
   }
   if (exponent == 31) {
-    bits = sign | 0x7F800000u | (mantissa << 13);  // inf or NaN
+    const std::uint32_t quiet = mantissa != 0 ? 0x00400000u : 0u;
+    bits = sign | 0x7F800000u | quiet | (mantissa << 13);  // inf or NaN
   } else {
     bits = sign | ((exponent + (127 - 15)) << 23) | (mantissa << 13);  // rebias 15 -> 127
   }
@@ -164,7 +177,8 @@ class SafeTensorsHeaderScan : public nlohmann::json_sax<nlohmann::json> {
   }
   bool key(string_t& k) override {
     if (depth_ == 1) {
-      if (!top_keys_.insert(k).second) safetensors_fail(source_, "header has key '" + k + "' twice");
+      if (!top_keys_.insert(k).second)
+        safetensors_fail(source_, "header has key '" + k + "' twice");
       current_ = k;
     } else if (depth_ == 2 && top_is_object_ && !entry_keys_.insert(k).second) {
       safetensors_fail(source_, "header entry '" + current_ + "' has key '" + k + "' twice");
@@ -184,8 +198,8 @@ class SafeTensorsHeaderScan : public nlohmann::json_sax<nlohmann::json> {
                    const nlohmann::json::exception& ex) override {
     // `position` counts bytes read, so the offending byte is header byte position - 1.
     const std::size_t offset = 8 + (position > 0 ? position - 1 : 0);
-    const std::string what = ex.id == 406 ? "header has a JSON number out of range"
-                                          : "header is not valid JSON";
+    const std::string what =
+        ex.id == 406 ? "header has a JSON number out of range" : "header is not valid JSON";
     safetensors_fail(source_, what + " near file offset " + std::to_string(offset));
   }
 
@@ -219,9 +233,8 @@ inline std::string json_describe(const nlohmann::json& v) {
 inline std::uint64_t json_count(const nlohmann::json& v, const std::string& what,
                                 std::uint64_t limit, const std::string& source) {
   if (!v.is_number_unsigned() || v.get<std::uint64_t>() > limit) {
-    const std::string expected = v.is_number_unsigned()
-                                     ? "at most " + std::to_string(limit)
-                                     : std::string("a non-negative integer");
+    const std::string expected = v.is_number_unsigned() ? "at most " + std::to_string(limit)
+                                                        : std::string("a non-negative integer");
     safetensors_fail(source, what + " is " + json_describe(v) + ", expected " + expected);
   }
   return v.get<std::uint64_t>();
@@ -249,23 +262,23 @@ inline SafeTensorsEntry parse_safetensors_entry(const std::string& name, const n
     safetensors_fail(source, who + " is a JSON " + j.type_name() + ", expected an object");
   }
   SafeTensorsEntry e;
-  const auto& dtype = json_member(j, "dtype", nlohmann::json::value_t::string, "a string", name,
-                                  source);
+  const auto& dtype =
+      json_member(j, "dtype", nlohmann::json::value_t::string, "a string", name, source);
   if (!dtype_from_string(dtype.get_ref<const std::string&>(), e.dtype)) {
     safetensors_fail(source, who + ": dtype is '" + dtype.get_ref<const std::string&>() +
                                  "', expected one of F16, BF16, F32, F64, I64, BOOL");
   }
 
-  const auto& shape = json_member(j, "shape", nlohmann::json::value_t::array, "an array", name,
-                                  source);
+  const auto& shape =
+      json_member(j, "shape", nlohmann::json::value_t::array, "an array", name, source);
   constexpr auto index_max = static_cast<std::uint64_t>(std::numeric_limits<Index>::max());
   for (std::size_t k = 0; k < shape.size(); ++k) {
     e.shape.push_back(static_cast<Index>(
         json_count(shape[k], who + ": shape[" + std::to_string(k) + "]", index_max, source)));
   }
 
-  const auto& offsets = json_member(j, "data_offsets", nlohmann::json::value_t::array,
-                                    "an array", name, source);
+  const auto& offsets =
+      json_member(j, "data_offsets", nlohmann::json::value_t::array, "an array", name, source);
   if (offsets.size() != 2) {
     safetensors_fail(source, who + ": data_offsets has " + std::to_string(offsets.size()) +
                                  " values, expected 2 ([begin, end])");
@@ -287,8 +300,8 @@ inline SafeTensorsEntry parse_safetensors_entry(const std::string& name, const n
   for (const Index d : e.shape) {
     const auto ud = static_cast<std::uint64_t>(d);
     if (ud != 0 && numel > index_max / ud) {
-      safetensors_fail(source, who + ": shape " + shape_string(e.shape) +
-                                   " overflows the element count");
+      safetensors_fail(source,
+                       who + ": shape " + shape_string(e.shape) + " overflows the element count");
     }
     numel *= ud;
   }
@@ -337,8 +350,8 @@ inline SafeTensorsLayout parse_safetensors(const std::vector<std::uint8_t>& byte
     safetensors_fail(source, std::string("header is not valid JSON: ") + ex.what());
   }
   if (!header.is_object()) {
-    safetensors_fail(source, std::string("header is a JSON ") + header.type_name() +
-                                 ", expected an object");
+    safetensors_fail(
+        source, std::string("header is a JSON ") + header.type_name() + ", expected an object");
   }
 
   SafeTensorsLayout layout;

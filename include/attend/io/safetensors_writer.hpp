@@ -117,7 +117,7 @@ class SafeTensorsWriter {
   void save(const std::string& path) const {
     const std::vector<std::uint8_t> bytes = to_bytes();
     std::unique_ptr<std::FILE, int (*)(std::FILE*)> file(std::fopen(path.c_str(), "wb"),
-                                                        &std::fclose);
+                                                         &std::fclose);
     if (!file) fail_io("cannot open '" + path + "'");
     if (std::fwrite(bytes.data(), 1, bytes.size(), file.get()) != bytes.size()) {
       fail_io("cannot write '" + path + "'");

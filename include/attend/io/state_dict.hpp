@@ -20,8 +20,7 @@ namespace detail {
 inline void require_parameter(const SafeTensors& st, const std::string& name, const Shape& want,
                               const char* who) {
   if (!st.contains(name)) {
-    throw index_error(std::string(who) + ": no parameter named '" + name + "' in " +
-                      st.source());
+    throw index_error(std::string(who) + ": no parameter named '" + name + "' in " + st.source());
   }
   const DType dt = st.dtype(name);
   if (dt == DType::I64 || dt == DType::BOOL) {
@@ -65,8 +64,7 @@ void require_finite(const Tensor<Scalar>& t, const std::string& name, const char
 /// \throws value_error when its dtype is I64/BOOL, or it holds NaN or Inf.
 /// \throws shape_error when its shape is not `[rows, cols]`.
 template <typename Scalar>
-Matrix<Scalar> load_matrix(const SafeTensors& st, const std::string& name, Index rows,
-                           Index cols) {
+Matrix<Scalar> load_matrix(const SafeTensors& st, const std::string& name, Index rows, Index cols) {
   static_assert(is_supported_scalar_v<Scalar>, "load_matrix: Scalar must be float or double");
   detail::require_parameter(st, name, Shape{rows, cols}, "load_matrix");
   const Tensor<Scalar> t = st.get<Scalar>(name);

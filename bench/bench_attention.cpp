@@ -1,0 +1,271 @@
+// SPDX-License-Identifier: MIT
+// Google Benchmark suite for attention: GEMM baselines (OpenBLAS, Eigen), the reference
+// scaled dot-product attention and multi-head attention, all single-threaded float.
+//
+// Every benchmark reports FLOP/s as the `FLOPS` counter (kIsIterationInvariantRate, so
+// Google Benchmark divides by CPU time) and bytes through SetBytesProcessed; the FLOP
+// formula sits beside each counter. bench/report.py turns the JSON output into
+// docs/benchmarks.md, quoting every benchmark as a ratio to BM_Sgemm of the same run.
+// main() comes from benchmark::benchmark_main (bench/CMakeLists.txt): no BENCHMARK_MAIN().
+
+// GCC 12 with -march=native on an AVX-512 machine reports a false -Wmaybe-uninitialized
+// inside its own avx512fintrin.h (_mm512_undefined_ps, GCC bug 105593, fixed in GCC 13)
+// when Eigen's max reduction in softmax is inlined here; -Werror makes it fatal. The
+// warning's location is GCC's header, so the pragma must precede every include.
+#if defined(__GNUC__) && !defined(__clang__) && __GNUC__ < 13
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+#endif
+
+#include "attend/attention/mask.hpp"
+#include "attend/attention/multihead.hpp"
+#include "attend/attention/scaled_dot_product.hpp"
+#include "attend/core/random.hpp"
+#include "attend/core/tensor.hpp"
+#include "attend/core/types.hpp"
+
+#include <Eigen/Core>
+#include <benchmark/benchmark.h>
+#include <cblas.h>
+
+#include <cmath>
+#include <cstdint>
+#include <optional>
+#include <string>
+
+// Declared here as well because a non-OpenBLAS cblas.h (netlib's, through Debian's
+// alternatives) lacks them; the declarations match OpenBLAS's own.
+extern "C" {
+void openblas_set_num_threads(int num_threads);
+int openblas_get_num_threads(void);
+char* openblas_get_config(void);
+char* openblas_get_corename(void);
+}
+
+namespace {
+
+using attend::Index;
+using attend::Matrix;
+using attend::Tensor;
+
+// ---- shared setup -------------------------------------------------------------------
+
+/// Records what the numbers depend on in the JSON context (read by bench/report.py).
+/// Runs once, before main(), from a static initializer: AddCustomContext only stores
+/// strings in a map that Google Benchmark creates on first use.
+const bool context_recorded = [] {
+  openblas_set_num_threads(1);  // every benchmark here is single-threaded
+  benchmark::AddCustomContext("attend_compiler", __VERSION__);
+#if defined(__clang__)
+  benchmark::AddCustomContext("attend_compiler_id", "clang");
+#elif defined(__GNUC__)
+  benchmark::AddCustomContext("attend_compiler_id", "gcc");
+#endif
+#ifdef NDEBUG
+  benchmark::AddCustomContext("attend_ndebug", "yes");
+#else
+  benchmark::AddCustomContext("attend_ndebug", "NO (asserts on: numbers are not valid)");
+#endif
+#ifdef EIGEN_USE_BLAS
+  // With ATTEND_USE_BLAS, Eigen forwards large products to OpenBLAS: BM_SgemmEigen is then
+  // OpenBLAS again and the attention benchmarks measure OpenBLAS GEMMs.
+  benchmark::AddCustomContext("attend_eigen_use_blas", "yes");
+#else
+  benchmark::AddCustomContext("attend_eigen_use_blas", "no");
+#endif
+  benchmark::AddCustomContext("attend_eigen_version",
+                              std::to_string(EIGEN_WORLD_VERSION) + "." +
+                                  std::to_string(EIGEN_MAJOR_VERSION) + "." +
+                                  std::to_string(EIGEN_MINOR_VERSION));
+  benchmark::AddCustomContext("attend_eigen_simd", Eigen::SimdInstructionSetsInUse());
+  benchmark::AddCustomContext("attend_eigen_threads", std::to_string(Eigen::nbThreads()));
+  benchmark::AddCustomContext("attend_openblas_config", openblas_get_config());
+  benchmark::AddCustomContext("attend_openblas_core", openblas_get_corename());
+  benchmark::AddCustomContext("attend_openblas_threads",
+                              std::to_string(openblas_get_num_threads()));
+  return true;
+}();
+
+/// A [rows, cols] float matrix with entries uniform in [-1, 1), from `seed`.
+Matrix<float> random_matrix(Index rows, Index cols, std::uint64_t seed) {
+  attend::Rng rng(seed);
+  Matrix<float> m(rows, cols);
+  attend::fill_uniform(m, 1.0, rng);
+  return m;
+}
+
+/// A float tensor of `shape` with entries uniform in [-1, 1), from `seed`.
+Tensor<float> random_tensor(const attend::Shape& shape, std::uint64_t seed) {
+  attend::Rng rng(seed);
+  Tensor<float> t(shape);
+  auto all = t.as_matrix();  // [prod(leading), last] view of the buffer
+  attend::fill_uniform(all, 1.0, rng);
+  return t;
+}
+
+/// Sets the FLOPS counter (per-iteration `flops`, reported per second of CPU time) and
+/// the bytes processed (per-iteration `bytes`).
+void set_counters(benchmark::State& state, double flops, double bytes) {
+  state.counters["FLOPS"] = benchmark::Counter(flops, benchmark::Counter::kIsIterationInvariantRate);
+  state.SetBytesProcessed(static_cast<std::int64_t>(bytes) * state.iterations());
+}
+
+/// Compares a few entries of c = a * b against double dot products; skips with an error
+/// when one is off, so a broken benchmark cannot report a number. The tolerance is the
+/// classical forward error bound of a length-k float dot product, k * eps * sum |a_t b_t|
+/// (Higham, Accuracy and Stability, 3.1): any blocking order stays inside it, while a
+/// wrong index or leading dimension misses by O(sqrt(k)) (about 15 for k = 2048).
+void check_gemm(benchmark::State& state, const Matrix<float>& a, const Matrix<float>& b,
+                const Matrix<float>& c) {
+  const Index n = a.rows(), k = a.cols(), m = b.cols();
+  const Index probes[3][2] = {{0, 0}, {n / 2, m / 3}, {n - 1, m - 1}};
+  for (const auto& p : probes) {
+    double want = 0.0, magnitude = 0.0;
+    for (Index t = 0; t < k; ++t) {
+      const double term = double(a(p[0], t)) * double(b(t, p[1]));
+      want += term;
+      magnitude += std::abs(term);
+    }
+    const double tolerance = double(k) * double(Eigen::NumTraits<float>::epsilon()) * magnitude;
+    if (std::abs(double(c(p[0], p[1])) - want) > tolerance) {
+      state.SkipWithError("GEMM result does not match a double-precision dot product");
+      return;
+    }
+  }
+}
+
+// ---- GEMM baselines -----------------------------------------------------------------
+
+/// OpenBLAS single-precision GEMM, one thread: C[n, n] = A[n, n] B[n, n], row-major.
+void BM_Sgemm(benchmark::State& state) {
+  const Index n = state.range(0);
+  openblas_set_num_threads(1);
+  const Matrix<float> a = random_matrix(n, n, 1), b = random_matrix(n, n, 2);
+  Matrix<float> c = Matrix<float>::Zero(n, n);
+  const int ni = static_cast<int>(n);
+  for (auto _ : state) {
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, ni, ni, ni, 1.0f, a.data(), ni,
+                b.data(), ni, 0.0f, c.data(), ni);
+    benchmark::DoNotOptimize(c.data());
+    benchmark::ClobberMemory();
+  }
+  check_gemm(state, a, b, c);
+  // GEMM: 2·m·n·k (one multiply and one add per term); bytes: A, B read and C written once.
+  set_counters(state, 2.0 * double(n) * double(n) * double(n), 3.0 * double(n * n) * sizeof(float));
+}
+BENCHMARK(BM_Sgemm)->Arg(2048)->Unit(benchmark::kMillisecond);
+
+/// Eigen's float GEMM (no -fopenmp, so one thread): C.noalias() = A * B, row-major.
+void BM_SgemmEigen(benchmark::State& state) {
+  const Index n = state.range(0);
+  const Matrix<float> a = random_matrix(n, n, 1), b = random_matrix(n, n, 2);
+  Matrix<float> c = Matrix<float>::Zero(n, n);
+  for (auto _ : state) {
+    c.noalias() = a * b;
+    benchmark::DoNotOptimize(c.data());
+    benchmark::ClobberMemory();
+  }
+  check_gemm(state, a, b, c);
+  // GEMM: 2·m·n·k; bytes: A, B read and C written once.
+  set_counters(state, 2.0 * double(n) * double(n) * double(n), 3.0 * double(n * n) * sizeof(float));
+}
+BENCHMARK(BM_SgemmEigen)->Arg(2048)->Unit(benchmark::kMillisecond);
+
+// ---- scaled dot-product attention ---------------------------------------------------
+
+// Shapes shared by every SDPA variant: B = 1 sequence, H = 8 heads of d = 64, S = L.
+constexpr Index kSdpaBatch = 1;
+constexpr Index kSdpaHeads = 8;
+constexpr Index kSdpaHeadDim = 64;
+
+/// The one Args grid of every SDPA variant (reference now, fused later): L = S.
+void sdpa_lengths(benchmark::internal::Benchmark* b) {
+  for (const Index L : {128, 512, 1024, 2048, 4096}) b->Arg(L);
+  b->Unit(benchmark::kMillisecond);
+}
+
+/// Q, K, V of shape [B, H, L, d] for one SDPA benchmark, built outside the timed loop.
+struct SdpaInputs {
+  Tensor<float> q, k, v;  // each [B, H, L, d]
+  explicit SdpaInputs(Index L)
+      : q(random_tensor({kSdpaBatch, kSdpaHeads, L, kSdpaHeadDim}, 11)),
+        k(random_tensor({kSdpaBatch, kSdpaHeads, L, kSdpaHeadDim}, 12)),
+        v(random_tensor({kSdpaBatch, kSdpaHeads, L, kSdpaHeadDim}, 13)) {}
+};
+
+/// Counters of one SDPA call with L queries and S = L keys.
+void set_sdpa_counters(benchmark::State& state, Index L) {
+  const double B = kSdpaBatch, H = kSdpaHeads, d = kSdpaHeadDim, Lq = double(L), S = double(L);
+  // Attention: 4·B·H·L·S·d = Q K^T (2·L·S·d per head) + P V (2·L·S·d per head); the
+  // softmax and scaling are not counted (ggml test_flash_attn_ext op_flops does the same).
+  const double flops = 4.0 * B * H * Lq * S * d;
+  // Bytes: Q, K, V read and O written once, each [B, H, L, d] float (the L x S score matrix
+  // of the reference is workspace, not counted).
+  const double bytes = 4.0 * B * H * Lq * d * sizeof(float);
+  set_counters(state, flops, bytes);
+}
+
+/// Reference attention on tensors: attend::scaled_dot_product_attention, need_weights=false.
+void BM_SdpaReference(benchmark::State& state) {
+  const Index L = state.range(0);
+  const SdpaInputs in(L);
+  const attend::Mask no_mask;
+  for (auto _ : state) {
+    attend::AttentionResult<float> r = attend::scaled_dot_product_attention<float>(
+        in.q, in.k, in.v, no_mask, std::nullopt, /*need_weights=*/false);
+    benchmark::DoNotOptimize(r.output.data());
+    benchmark::ClobberMemory();
+  }
+  set_sdpa_counters(state, L);
+}
+BENCHMARK(BM_SdpaReference)->Apply(sdpa_lengths);
+
+// =====================================================================================
+// FUSED KERNEL BENCHMARKS: RESERVED, TO BE ADDED BY THE LEAD
+//
+// include/attend/attention/fused.hpp (attend::scaled_dot_product_attention_fused) does not
+// exist yet; its benchmarks go here once it lands. To keep the comparison valid:
+//   - name it BM_SdpaFused and register it with ->Apply(sdpa_lengths), the same Args grid
+//     as BM_SdpaReference (STYLE.md section 9: one grid, one run, quoted as ratios);
+//   - build inputs with SdpaInputs(L) outside the loop, keep the output with
+//     DoNotOptimize, set counters with set_sdpa_counters(state, L) (same FLOP count, so
+//     the FLOPS ratio is the speedup).
+// bench/report.py already picks up any BM_Sdpa* family: it adds the series to the plot
+// and, when BM_SdpaFused is present, a fused/reference ratio per L.
+// =====================================================================================
+
+// ---- multi-head attention -----------------------------------------------------------
+
+constexpr Index kMhaEmbed = 512;
+constexpr Index kMhaHeads = 8;
+
+/// torch.nn.MultiheadAttention(512, 8) self-attention on [L, B=1, E], eval, no weights.
+void BM_MultiheadAttention(benchmark::State& state) {
+  const Index L = state.range(0), E = kMhaEmbed, B = 1;
+  attend::MultiheadAttentionOptions opts;
+  opts.embed_dim = E;
+  opts.num_heads = kMhaHeads;
+  const attend::MultiheadAttention<float> mha(opts, /*seed=*/7);
+  const Tensor<float> x = random_tensor({L, B, E}, 21);  // [L, B, E]
+  attend::MultiheadAttentionArgs args;
+  args.need_weights = false;
+  for (auto _ : state) {
+    attend::AttentionResult<float> r = mha.forward(x, args);
+    benchmark::DoNotOptimize(r.output.data());
+    benchmark::ClobberMemory();
+  }
+  const double Ld = double(L), Ed = double(E), Bd = double(B);
+  // Projections: Q, K, V ([L, E] x [E, 3E]) 2·L·E·3E + output ([L, E] x [E, E]) 2·L·E·E;
+  // attention over all heads: 4·L·S·E with S = L (4·L·S·d_k per head, H·d_k = E).
+  const double flops = Bd * (2.0 * Ld * Ed * 3.0 * Ed + 2.0 * Ld * Ed * Ed + 4.0 * Ld * Ld * Ed);
+  // Bytes: input read and output written once, plus the four E x E weight matrices.
+  const double bytes = (2.0 * Bd * Ld * Ed + 4.0 * Ed * Ed) * sizeof(float);
+  set_counters(state, flops, bytes);
+}
+BENCHMARK(BM_MultiheadAttention)
+    ->Arg(128)
+    ->Arg(512)
+    ->Arg(1024)
+    ->Arg(2048)
+    ->Unit(benchmark::kMillisecond);
+
+}  // namespace

@@ -1,0 +1,271 @@
+// SPDX-License-Identifier: MIT
+// AVX2/FMA micro-kernels of the fused attention kernel (float): a 6x16 register block for
+// scores K Q^T, a 6x16 block for P V, an exp2 for non-positive inputs, the online softmax.
+#pragma once
+
+#include "attend/core/types.hpp"
+
+#include <Eigen/Core>
+
+#include <limits>
+
+// Compiled on x86-64 with GCC or Clang whatever the -m flags: the functions carry
+// `target("avx2,fma")` and run only after a CPU check. Define ATTEND_NO_AVX2 to drop them.
+#if !defined(ATTEND_NO_AVX2) && (defined(__GNUC__) || defined(__clang__)) && defined(__x86_64__)
+#define ATTEND_FUSED_AVX2 1
+#include <immintrin.h>
+#else
+#define ATTEND_FUSED_AVX2 0
+#endif
+
+namespace attend::detail {
+
+/// Queries per block of the fused kernel: 3 panels of 16 (scores micro-kernel) and 8
+/// groups of 6 (P V micro-kernel). Also the row stride of the transposed score tile.
+inline constexpr Index fused_block_rows = 48;
+/// Keys per block of the fused kernel: the score tile [keys, queries] is 24 KiB in float.
+inline constexpr Index fused_block_keys = 128;
+
+/// Everything one query block of the fused kernel reads and writes, as raw row-major
+/// pointers with row strides (heads are column blocks, so strides may exceed widths).
+template <typename S>
+struct FusedBlockArgs {
+  const S* q;  // [L, d_k] (row r0 is the first of the block)
+  Index ldq;
+  const S* k;  // [S, d_k]
+  Index ldk;
+  const S* v;  // [S, d_v]
+  Index ldv;
+  S* out;  // [L, d_v]
+  Index ldo;
+  Index d_k, d_v;
+  S scale;  // multiplies q . k (already times log2(e) on the AVX2 path)
+  // Workspace slices (see FusedWorkspace): 64-byte aligned.
+  S* q_pack;  // [fused_block_rows, d_k] scaled queries (transposed panels on AVX2)
+  S* scores;  // [fused_block_keys, fused_block_rows] scores, key-major (S^T tile)
+  S* acc;     // [fused_block_rows, ld_acc] unnormalised output rows
+  Index ld_acc;
+  S* row_max;  // [fused_block_rows] running max per query (-inf: nothing seen yet)
+  S* row_sum;  // [fused_block_rows] running sum of exp per query
+  S* alpha;    // [fused_block_rows] rescale factor of the current key block
+  S* shift;    // [fused_block_rows] value subtracted before exp (portable path)
+};
+
+#if ATTEND_FUSED_AVX2
+
+/// True when the CPU (and OS) run AVX2 and FMA instructions.
+inline bool cpu_has_avx2_fma() {
+#if defined(__AVX2__) && defined(__FMA__)
+  return true;
+#else
+  static const bool has = [] {
+    __builtin_cpu_init();
+    return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+  }();
+  return has;
+#endif
+}
+
+/// 2^x for x <= 0 (8 lanes): round to n, a degree-6 fit of 2^f on [-1/2, 1/2] (relative
+/// error 1.9e-9 before float rounding), times 2^n built in the exponent bits. Inputs at
+/// or below -127, -inf included, give exactly 0 (the exponent field becomes 0).
+__attribute__((target("avx2,fma"))) inline __m256 exp2_nonpositive(__m256 x) {
+  x = _mm256_max_ps(x, _mm256_set1_ps(-127.0f));
+  const __m256 n = _mm256_round_ps(x, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+  const __m256 f = _mm256_sub_ps(x, n);  // exact, in [-1/2, 1/2]
+  __m256 p = _mm256_set1_ps(1.534582261e-04f);
+  p = _mm256_fmadd_ps(p, f, _mm256_set1_ps(1.339993207e-03f));
+  p = _mm256_fmadd_ps(p, f, _mm256_set1_ps(9.618489072e-03f));
+  p = _mm256_fmadd_ps(p, f, _mm256_set1_ps(5.550328642e-02f));
+  p = _mm256_fmadd_ps(p, f, _mm256_set1_ps(2.402264625e-01f));
+  p = _mm256_fmadd_ps(p, f, _mm256_set1_ps(6.931471825e-01f));
+  p = _mm256_fmadd_ps(p, f, _mm256_set1_ps(1.0f));
+  const __m256i e = _mm256_slli_epi32(
+      _mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127)), 23);  // 2^n, 0 at -127
+  return _mm256_mul_ps(p, _mm256_castsi256_ps(e));
+}
+
+/// y[i] = 2^x[i] for x[i] <= 0, i < n (n a multiple of 8): exp2_nonpositive on arrays,
+/// callable from code compiled without AVX2 (tests check it against std::exp2).
+__attribute__((target("avx2,fma"))) inline void fused_exp2_nonpositive(const float* x, float* y,
+                                                                       Index n) {
+  eigen_assert(n % 8 == 0);
+  for (Index i = 0; i < n; i += 8) _mm256_storeu_ps(y + i, exp2_nonpositive(_mm256_loadu_ps(x + i)));
+}
+
+/// Scores of R keys (rows of k) against a panel of 16 queries: st[r][0:16] = k[r] . qp.
+/// \param k [R, d_k] rows with stride ldk \param qp [d_k, 16] packed, scaled queries
+/// \param st [R, 16] with row stride ldst (written)
+template <int R>
+__attribute__((target("avx2,fma"), always_inline)) inline void fused_qk_kernel(
+    const float* k, Index ldk, const float* qp, Index d_k, float* st, Index ldst) {
+  __m256 c0[R], c1[R];
+  for (int r = 0; r < R; ++r) c0[r] = c1[r] = _mm256_setzero_ps();
+  for (Index p = 0; p < d_k; ++p) {
+    const __m256 b0 = _mm256_load_ps(qp + 16 * p);
+    const __m256 b1 = _mm256_load_ps(qp + 16 * p + 8);
+    for (int r = 0; r < R; ++r) {
+      const __m256 a = _mm256_broadcast_ss(k + r * ldk + p);
+      c0[r] = _mm256_fmadd_ps(a, b0, c0[r]);
+      c1[r] = _mm256_fmadd_ps(a, b1, c1[r]);
+    }
+  }
+  for (int r = 0; r < R; ++r) {
+    _mm256_store_ps(st + r * ldst, c0[r]);
+    _mm256_store_ps(st + r * ldst + 8, c1[r]);
+  }
+}
+
+/// acc[r][0:8*NV] = alpha[r] * acc[r] + sum_j pt[j][r] * v[j][0:8*NV] for R queries.
+/// \param pt [nk, R] probabilities, key-major, row stride ldp \param v [nk, 8*NV] values,
+/// row stride ldv; with Tail the last 8 columns load through `tail` (valid lanes only)
+/// \param acc [R, 8*NV] row stride ldacc (read, rescaled, written)
+template <int R, int NV, bool Tail>
+__attribute__((target("avx2,fma"), always_inline)) inline void fused_pv_kernel(
+    const float* pt, Index ldp, Index nk, const float* v, Index ldv, float* acc, Index ldacc,
+    const float* alpha, __m256i tail) {
+  __m256 c[R][NV];
+  for (int r = 0; r < R; ++r) {
+    const __m256 a = _mm256_broadcast_ss(alpha + r);
+    for (int n = 0; n < NV; ++n) c[r][n] = _mm256_mul_ps(a, _mm256_load_ps(acc + r * ldacc + 8 * n));
+  }
+  for (Index j = 0; j < nk; ++j) {
+    __m256 b[NV];
+    for (int n = 0; n < NV; ++n) {
+      b[n] = (Tail && n == NV - 1) ? _mm256_maskload_ps(v + j * ldv + 8 * n, tail)
+                                   : _mm256_loadu_ps(v + j * ldv + 8 * n);
+    }
+    for (int r = 0; r < R; ++r) {
+      const __m256 a = _mm256_broadcast_ss(pt + j * ldp + r);
+      for (int n = 0; n < NV; ++n) c[r][n] = _mm256_fmadd_ps(a, b[n], c[r][n]);
+    }
+  }
+  for (int r = 0; r < R; ++r) {
+    for (int n = 0; n < NV; ++n) _mm256_store_ps(acc + r * ldacc + 8 * n, c[r][n]);
+  }
+}
+
+/// Scores tile of one key block: st[j][i] = k[j] . qp[i] for j < nk, i < 16 * panels.
+__attribute__((target("avx2,fma"))) inline void fused_qk_tile(const FusedBlockArgs<float>& a,
+                                                              const float* k, Index nk,
+                                                              Index panels) {
+  constexpr Index ld = fused_block_rows;
+  for (Index j = 0; j < nk; j += 6) {
+    const float* kj = k + j * a.ldk;
+    float* st = a.scores + j * ld;
+    for (Index pnl = 0; pnl < panels; ++pnl) {
+      const float* qp = a.q_pack + pnl * 16 * a.d_k;
+      switch (nk - j < 6 ? nk - j : 6) {
+        case 6: fused_qk_kernel<6>(kj, a.ldk, qp, a.d_k, st + 16 * pnl, ld); break;
+        case 5: fused_qk_kernel<5>(kj, a.ldk, qp, a.d_k, st + 16 * pnl, ld); break;
+        case 4: fused_qk_kernel<4>(kj, a.ldk, qp, a.d_k, st + 16 * pnl, ld); break;
+        case 3: fused_qk_kernel<3>(kj, a.ldk, qp, a.d_k, st + 16 * pnl, ld); break;
+        case 2: fused_qk_kernel<2>(kj, a.ldk, qp, a.d_k, st + 16 * pnl, ld); break;
+        default: fused_qk_kernel<1>(kj, a.ldk, qp, a.d_k, st + 16 * pnl, ld); break;
+      }
+    }
+  }
+}
+
+/// Online softmax over one key block (log2 units): per query column, the new running max
+/// m, alpha = 2^(m_old - m), scores replaced by 2^(s - m), sum = sum * alpha + sum_j p.
+/// A column with no finite score yet keeps m = -inf and gets p = 0, alpha = 0.
+__attribute__((target("avx2,fma"))) inline void fused_softmax_update(
+    const FusedBlockArgs<float>& a, Index nk, Index nvec) {
+  constexpr Index ld = fused_block_rows;
+  const __m256 neg_inf = _mm256_set1_ps(-std::numeric_limits<float>::infinity());
+  for (Index vi = 0; vi < nvec; ++vi) {
+    float* col = a.scores + 8 * vi;
+    const __m256 m_old = _mm256_load_ps(a.row_max + 8 * vi);
+    __m256 mx = m_old;
+    for (Index j = 0; j < nk; ++j) mx = _mm256_max_ps(mx, _mm256_load_ps(col + j * ld));
+    // Where nothing is finite yet, subtract 0 instead of -inf: 2^(-inf - 0) = 0, no NaN.
+    const __m256 m_use = _mm256_andnot_ps(_mm256_cmp_ps(mx, neg_inf, _CMP_EQ_OQ), mx);
+    const __m256 alpha = exp2_nonpositive(_mm256_sub_ps(m_old, m_use));
+    __m256 s0 = _mm256_setzero_ps(), s1 = _mm256_setzero_ps();
+    Index j = 0;
+    for (; j + 1 < nk; j += 2) {
+      const __m256 p0 = exp2_nonpositive(_mm256_sub_ps(_mm256_load_ps(col + j * ld), m_use));
+      const __m256 p1 =
+          exp2_nonpositive(_mm256_sub_ps(_mm256_load_ps(col + (j + 1) * ld), m_use));
+      _mm256_store_ps(col + j * ld, p0);
+      _mm256_store_ps(col + (j + 1) * ld, p1);
+      s0 = _mm256_add_ps(s0, p0);
+      s1 = _mm256_add_ps(s1, p1);
+    }
+    if (j < nk) {
+      const __m256 p0 = exp2_nonpositive(_mm256_sub_ps(_mm256_load_ps(col + j * ld), m_use));
+      _mm256_store_ps(col + j * ld, p0);
+      s0 = _mm256_add_ps(s0, p0);
+    }
+    const __m256 sum = _mm256_add_ps(s0, s1);
+    _mm256_store_ps(a.row_sum + 8 * vi,
+                    _mm256_fmadd_ps(_mm256_load_ps(a.row_sum + 8 * vi), alpha, sum));
+    _mm256_store_ps(a.row_max + 8 * vi, mx);
+    _mm256_store_ps(a.alpha + 8 * vi, alpha);
+  }
+}
+
+/// acc[0:nq] = alpha * acc + P V for one key block (v points at the block's first key).
+template <int R>
+__attribute__((target("avx2,fma"), always_inline)) inline void fused_pv_rows(
+    const FusedBlockArgs<float>& a, const float* v, Index nk, Index i0, __m256i tail) {
+  constexpr Index ld = fused_block_rows;
+  const float* pt = a.scores + i0;
+  float* acc = a.acc + i0 * a.ld_acc;
+  const float* al = a.alpha + i0;
+  Index c = 0;
+  for (; c + 16 <= a.d_v; c += 16) {
+    fused_pv_kernel<R, 2, false>(pt, ld, nk, v + c, a.ldv, acc + c, a.ld_acc, al, tail);
+  }
+  const Index rem = a.d_v - c;
+  if (rem > 8) {
+    fused_pv_kernel<R, 2, true>(pt, ld, nk, v + c, a.ldv, acc + c, a.ld_acc, al, tail);
+  } else if (rem == 8) {
+    fused_pv_kernel<R, 1, false>(pt, ld, nk, v + c, a.ldv, acc + c, a.ld_acc, al, tail);
+  } else if (rem > 0) {
+    fused_pv_kernel<R, 1, true>(pt, ld, nk, v + c, a.ldv, acc + c, a.ld_acc, al, tail);
+  }
+}
+
+/// P V product of one key block over the nq queries of the block.
+__attribute__((target("avx2,fma"))) inline void fused_pv_tile(const FusedBlockArgs<float>& a,
+                                                              const float* v, Index nk,
+                                                              Index nq) {
+  // Lanes of the last, partial 8-column vector of V: lane t valid when t < d_v mod 8.
+  const int valid = static_cast<int>(a.d_v % 8);
+  const __m256i lane = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
+  const __m256i tail = _mm256_cmpgt_epi32(_mm256_set1_epi32(valid), lane);
+  for (Index i0 = 0; i0 < nq; i0 += 6) {
+    switch (nq - i0 < 6 ? nq - i0 : 6) {
+      case 6: fused_pv_rows<6>(a, v, nk, i0, tail); break;
+      case 5: fused_pv_rows<5>(a, v, nk, i0, tail); break;
+      case 4: fused_pv_rows<4>(a, v, nk, i0, tail); break;
+      case 3: fused_pv_rows<3>(a, v, nk, i0, tail); break;
+      case 2: fused_pv_rows<2>(a, v, nk, i0, tail); break;
+      default: fused_pv_rows<1>(a, v, nk, i0, tail); break;
+    }
+  }
+}
+
+/// Packs queries r0..r0+nq-1 (a.q points at row r0) into 16-query panels [d_k, 16],
+/// multiplied by a.scale; lanes past nq are zero.
+__attribute__((target("avx2,fma"))) inline void fused_pack_queries(const FusedBlockArgs<float>& a,
+                                                                   Index nq, Index panels) {
+  for (Index pnl = 0; pnl < panels; ++pnl) {
+    float* dst = a.q_pack + pnl * 16 * a.d_k;
+    for (Index t = 0; t < 16; ++t) {
+      const Index i = pnl * 16 + t;
+      if (i < nq) {
+        const float* row = a.q + i * a.ldq;
+        for (Index p = 0; p < a.d_k; ++p) dst[16 * p + t] = row[p] * a.scale;
+      } else {
+        for (Index p = 0; p < a.d_k; ++p) dst[16 * p + t] = 0.0f;
+      }
+    }
+  }
+}
+
+#endif  // ATTEND_FUSED_AVX2
+
+}  // namespace attend::detail

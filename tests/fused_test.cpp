@@ -1,0 +1,559 @@
+// SPDX-License-Identifier: MIT
+// Tests of attention/fused.hpp: the fused kernel against the reference (both tile paths,
+// every mask kind, odd sizes), zeros for fully masked rows, skipped tiles, no allocation
+// in the kernel, thread-count independence, argument errors.
+
+// Eigen's run-time allocation check (set_is_malloc_allowed) exists only when this macro is
+// defined before Eigen is first included, so it comes first and holds for the whole TU.
+#ifndef EIGEN_RUNTIME_NO_MALLOC
+#define EIGEN_RUNTIME_NO_MALLOC
+#endif
+
+#include "attend/attention/fused.hpp"
+#include "attend/attention/mask.hpp"
+#include "attend/attention/scaled_dot_product.hpp"
+#include "attend/core/errors.hpp"
+#include "attend/core/random.hpp"
+#include "attend/core/tensor.hpp"
+#include "attend/core/types.hpp"
+
+#include <catch2/catch.hpp>
+
+#include <Eigen/Core>
+
+#include <array>
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+#include <limits>
+#include <optional>
+#include <sstream>
+#include <string>
+#include <type_traits>
+#include <vector>
+
+#if defined(_OPENMP)
+#include <omp.h>
+#endif
+
+namespace {
+
+using attend::Index;
+using attend::Mask;
+using attend::Matrix;
+using attend::Tensor;
+using attend::detail::FusedKernel;
+
+template <typename S>
+constexpr S inf = std::numeric_limits<S>::infinity();
+
+// ---- tolerances ------------------------------------------------------------------------
+
+/// Fused vs reference on O(1) logits and values in [-1, 1]: the two differ in where the
+/// scale is applied ((q * scale) . k vs (q . k) * scale, in log2 units on AVX2), in the
+/// exp (a 2-ulp polynomial vs Eigen's), and in summation order (online per key block vs
+/// one pass): a few ulps of each weight, below 1e-6 observed in float, 1e-15 in double.
+template <typename S>
+constexpr double kFusedTol = std::is_same_v<S, float> ? 1e-5 : 1e-12;
+
+/// Logits near 1e3: each path rounds the dot products of 64 terms of size ~30 on its own,
+/// a logit error of a few ulps of 1e3 (6e-5 in float, 1e-13 in double) that scales
+/// each weight by exp(error), so outputs in [-1, 1] differ by ~1e-4 (float).
+template <typename S>
+constexpr double kLargeLogitTol = std::is_same_v<S, float> ? 1e-3 : 1e-9;
+
+/// Hand-computed values are written with 10 significant digits.
+template <typename S>
+constexpr double kHandTol = std::is_same_v<S, float> ? 1e-6 : 1e-9;
+
+/// The AVX2 exp2 polynomial: relative error 1.9e-9 before rounding, plus float rounding of
+/// 7 Horner steps and of the input reduction: 2 ulp (2.4e-7) allowed.
+constexpr double kExp2RelTol = 2.4e-7;
+
+// ---- helpers ---------------------------------------------------------------------------
+
+/// Passes when every |got - want| <= atol + rtol * |want|; on failure reports the max
+/// error and the first mismatching index.
+template <typename A, typename B>
+void require_close(const Eigen::MatrixBase<A>& got, const Eigen::MatrixBase<B>& want,
+                   double atol, double rtol = 0.0) {
+  REQUIRE(got.rows() == want.rows());
+  REQUIRE(got.cols() == want.cols());
+  double max_err = 0.0;
+  Index bad_i = -1, bad_j = -1;
+  for (Index i = 0; i < got.rows(); ++i) {
+    for (Index j = 0; j < got.cols(); ++j) {
+      const double g = static_cast<double>(got(i, j));
+      const double w = static_cast<double>(want(i, j));
+      const bool ok = g == w || std::abs(g - w) <= atol + rtol * std::abs(w);
+      if (g != w) max_err = std::max(max_err, std::isnan(g - w) ? inf<double> : std::abs(g - w));
+      if (!ok && bad_i < 0) {
+        bad_i = i;
+        bad_j = j;
+      }
+    }
+  }
+  std::ostringstream msg;
+  msg.precision(17);
+  msg << "max |got - want| = " << max_err << " (atol " << atol << ", rtol " << rtol << ")";
+  if (bad_i >= 0) {
+    msg << "; first mismatch at [" << bad_i << ", " << bad_j << "]: got " << got(bad_i, bad_j)
+        << ", want " << want(bad_i, bad_j);
+  }
+  INFO(msg.str());
+  REQUIRE(bad_i < 0);
+}
+
+template <typename S>
+Matrix<S> random_matrix(Index rows, Index cols, attend::Rng& rng, double bound = 1.0) {
+  Matrix<S> m(rows, cols);
+  attend::fill_uniform(m, bound, rng);
+  return m;
+}
+
+Index random_index(attend::Rng& rng, Index lo, Index hi) {  // uniform in [lo, hi]
+  return lo + static_cast<Index>(rng.next() % static_cast<std::uint64_t>(hi - lo + 1));
+}
+
+/// An [L, S] bool matrix, each entry true with probability p.
+attend::BoolMatrix random_bools(Index L, Index S, double p, attend::Rng& rng) {
+  attend::BoolMatrix m(L, S);
+  for (Index i = 0; i < L; ++i)
+    for (Index j = 0; j < S; ++j) m(i, j) = rng.uniform() < p;
+  return m;
+}
+
+/// Every mask kind for an [L, S] score matrix, with a name for the report.
+std::vector<std::pair<std::string, Mask>> all_masks(Index L, Index S, attend::Rng& rng) {
+  std::vector<std::pair<std::string, Mask>> masks;
+  masks.emplace_back("none", Mask());
+  masks.emplace_back("causal", Mask::causal());
+  masks.emplace_back("causal offset 5", Mask::causal(5));
+  masks.emplace_back("causal offset -3", Mask::causal(-3));
+  masks.emplace_back("key padding", Mask::key_padding_lengths({(S + 1) / 2}, S));
+  masks.emplace_back("deny 30%", Mask::deny(random_bools(L, S, 0.3, rng)));
+  masks.emplace_back("allow 20%", Mask::allow(random_bools(L, S, 0.2, rng)));
+  // Additive: finite biases with about 10% -inf entries.
+  Matrix<double> bias = random_matrix<double>(L, S, rng, 3.0);
+  for (Index i = 0; i < L; ++i)
+    for (Index j = 0; j < S; ++j)
+      if (rng.uniform() < 0.1) bias(i, j) = -inf<double>;
+  masks.emplace_back("additive with -inf", Mask::additive(bias));
+  // Broadcast planes: one bias per key ([1, S]) and one blocked flag per query ([L, 1]).
+  masks.emplace_back("additive [1, S]", Mask::additive(random_matrix<double>(1, S, rng, 2.0)));
+  masks.emplace_back("deny [L, 1]", Mask::deny(random_bools(L, 1, 0.3, rng)));
+  masks.emplace_back("causal & padding & additive",
+                     Mask::causal(2) & Mask::key_padding_lengths({S - S / 3}, S) &
+                         Mask::additive(random_matrix<double>(L, S, rng, 1.0)));
+  return masks;
+}
+
+const std::array<FusedKernel, 2> kKernels = {FusedKernel::automatic, FusedKernel::portable};
+
+std::string kernel_name(FusedKernel k) {
+  return k == FusedKernel::portable ? "portable" : "automatic";
+}
+
+/// The fused kernel on one head, through the detail entry point.
+template <typename S>
+Matrix<S> fused_head(const Matrix<S>& q, const Matrix<S>& k, const Matrix<S>& v, const Mask& mask,
+                     double scale, FusedKernel kernel) {
+  Matrix<S> out(q.rows(), v.cols());
+  attend::FusedWorkspace<S> ws(q.cols(), v.cols());
+  attend::detail::attention_head_fused<S>(q, k, v, mask, 0, 0, static_cast<S>(scale), out, ws,
+                                          kernel);
+  return out;
+}
+
+/// Fused (both kernels, detail and public entry) equals the reference on one case.
+template <typename S>
+void check_case(const Matrix<S>& q, const Matrix<S>& k, const Matrix<S>& v, const Mask& mask,
+                double scale, double tol) {
+  const Matrix<S> want = attend::scaled_dot_product_attention(q, k, v, mask, scale);
+  for (const FusedKernel kernel : kKernels) {
+    INFO("kernel " << kernel_name(kernel));
+    require_close(fused_head<S>(q, k, v, mask, scale, kernel), want, tol, tol);
+  }
+  require_close(attend::scaled_dot_product_attention_fused(q, k, v, mask, scale), want, tol, tol);
+}
+
+}  // namespace
+
+// ---- hand-computed ---------------------------------------------------------------------
+
+TEMPLATE_TEST_CASE("fused.hpp: one query, two keys, by hand", "[fused]", float, double) {
+  using S = TestType;
+  // q = [1, 0], k = [[1, 0], [0, 1]], scale 1: scores [1, 0];
+  // weights [e, 1] / (e + 1) = [0.7310585786, 0.2689414214];
+  // v = [[1, 2], [3, 4]]: out = [0.7310585786 + 3 * 0.2689414214,
+  //                              2 * 0.7310585786 + 4 * 0.2689414214] = [1.5378828427, 2.5378828427]
+  Matrix<S> q(1, 2), k(2, 2), v(2, 2), want(1, 2);
+  q << 1, 0;
+  k << 1, 0, 0, 1;
+  v << 1, 2, 3, 4;
+  want << S(1.5378828427), S(2.5378828427);
+  for (const FusedKernel kernel : kKernels) {
+    INFO("kernel " << kernel_name(kernel));
+    require_close(fused_head<S>(q, k, v, Mask(), 1.0, kernel), want, kHandTol<S>);
+  }
+  // The causal mask leaves query 0 only key 0: the output is v[0] exactly.
+  const Matrix<S> v0 = v.topRows(1);
+  require_close(attend::scaled_dot_product_attention_fused(q, k, v, Mask::causal(), 1.0), v0, 0.0);
+}
+
+// ---- equal to the reference ------------------------------------------------------------
+
+TEMPLATE_TEST_CASE("fused.hpp: equals the reference for every mask and odd sizes", "[fused]",
+                   float, double) {
+  using S = TestType;
+  attend::Rng rng(20240501);
+  // [L, S, d_k, d_v]: single rows and keys, sizes around the 48-query and 128-key blocks,
+  // d_v != d_k, d_v not a multiple of 8 or 16, d_v wider than 128.
+  const std::vector<std::array<Index, 4>> sizes = {
+      {1, 1, 8, 8},     {1, 1, 64, 64},    {33, 33, 64, 64}, {33, 70, 64, 64},
+      {48, 128, 64, 64}, {49, 129, 64, 64}, {100, 300, 64, 40}, {97, 250, 16, 17},
+      {200, 257, 5, 3}, {1, 1000, 64, 64}, {130, 7, 64, 130}, {61, 61, 3, 9}};
+  for (const auto& [L, Sk, d_k, d_v] : sizes) {
+    const Matrix<S> q = random_matrix<S>(L, d_k, rng);
+    const Matrix<S> k = random_matrix<S>(Sk, d_k, rng);
+    const Matrix<S> v = random_matrix<S>(Sk, d_v, rng);
+    for (const auto& [name, mask] : all_masks(L, Sk, rng)) {
+      INFO("L " << L << ", S " << Sk << ", d_k " << d_k << ", d_v " << d_v << ", mask " << name);
+      check_case<S>(q, k, v, mask, 1.0 / std::sqrt(double(d_k)), kFusedTol<S>);
+    }
+    INFO("L " << L << ", S " << Sk << ", scale 0.3");
+    check_case<S>(q, k, v, Mask::causal(1), 0.3, kFusedTol<S>);
+  }
+}
+
+TEMPLATE_TEST_CASE("fused.hpp: equals the reference on random sizes", "[fused][property]", float,
+                   double) {
+  using S = TestType;
+  attend::Rng rng(77);
+  for (int trial = 0; trial < 12; ++trial) {
+    const Index L = random_index(rng, 1, 150), Sk = random_index(rng, 1, 300);
+    const Index d_k = random_index(rng, 1, 80), d_v = random_index(rng, 1, 80);
+    const Matrix<S> q = random_matrix<S>(L, d_k, rng, 2.0);
+    const Matrix<S> k = random_matrix<S>(Sk, d_k, rng);
+    const Matrix<S> v = random_matrix<S>(Sk, d_v, rng);
+    const auto masks = all_masks(L, Sk, rng);
+    const auto& [name, mask] = masks[static_cast<std::size_t>(trial) % masks.size()];
+    INFO("L " << L << ", S " << Sk << ", d_k " << d_k << ", d_v " << d_v << ", mask " << name);
+    check_case<S>(q, k, v, mask, 1.0 / std::sqrt(double(d_k)), kFusedTol<S>);
+  }
+}
+
+TEMPLATE_TEST_CASE("fused.hpp: logits near 1e3 stay finite and match", "[fused]", float,
+                   double) {
+  using S = TestType;
+  attend::Rng rng(5);
+  const Index L = 70, Sk = 150, d = 64;
+  // q in [-30, 30], k in [-1, 1], scale 1: logits of a few hundred, the largest near 1e3.
+  const Matrix<S> q = random_matrix<S>(L, d, rng, 30.0);
+  const Matrix<S> k = random_matrix<S>(Sk, d, rng);
+  const Matrix<S> v = random_matrix<S>(Sk, d, rng);
+  const Matrix<S> scores = q * k.transpose();
+  REQUIRE(scores.cwiseAbs().maxCoeff() > S(500));
+  check_case<S>(q, k, v, Mask(), 1.0, kLargeLogitTol<S>);
+  check_case<S>(q, k, v, Mask::causal(), 1.0, kLargeLogitTol<S>);
+}
+
+// ---- fully masked rows -----------------------------------------------------------------
+
+TEMPLATE_TEST_CASE("fused.hpp: fully masked rows give zeros, never NaN", "[fused]", float,
+                   double) {
+  using S = TestType;
+  attend::Rng rng(11);
+  const Index L = 60, Sk = 140, d = 16;
+  const Matrix<S> q = random_matrix<S>(L, d, rng);
+  const Matrix<S> k = random_matrix<S>(Sk, d, rng);
+  const Matrix<S> v = random_matrix<S>(Sk, d, rng);
+  // Rows 3 and 50 blocked everywhere (in two different query blocks); the rest random.
+  attend::BoolMatrix blocked = random_bools(L, Sk, 0.2, rng);
+  blocked.row(3).setConstant(true);
+  blocked.row(50).setConstant(true);
+  Matrix<double> bias = Matrix<double>::Zero(L, Sk);
+  bias.row(7).setConstant(-inf<double>);
+  const Matrix<S> zeros = Matrix<S>::Zero(L, d);
+  for (const FusedKernel kernel : kKernels) {
+    INFO("kernel " << kernel_name(kernel));
+    const Matrix<S> got = fused_head<S>(q, k, v, Mask::deny(blocked), 0.25, kernel);
+    REQUIRE(got.allFinite());
+    REQUIRE(got.row(3) == zeros.row(0));
+    REQUIRE(got.row(50) == zeros.row(0));
+    require_close(got, attend::scaled_dot_product_attention(q, k, v, Mask::deny(blocked), 0.25),
+                  kFusedTol<S>, kFusedTol<S>);
+    const Matrix<S> got_bias = fused_head<S>(q, k, v, Mask::additive(bias), 0.25, kernel);
+    REQUIRE(got_bias.row(7) == zeros.row(0));
+    REQUIRE(got_bias.allFinite());
+    // Every key padded; and a causal offset that puts every key in every query's future.
+    REQUIRE(fused_head<S>(q, k, v, Mask::key_padding_lengths({0}, Sk), 0.25, kernel) == zeros);
+    REQUIRE(fused_head<S>(q, k, v, Mask::causal(-L), 0.25, kernel) == zeros);
+  }
+}
+
+// ---- skipped tiles ---------------------------------------------------------------------
+
+TEMPLATE_TEST_CASE("fused.hpp: tiles the mask blocks entirely are skipped, not computed",
+                   "[fused]", float, double) {
+  using S = TestType;
+  attend::Rng rng(3);
+  const Index L = 100, Sk = 300, d = 32;
+  const S nan = std::numeric_limits<S>::quiet_NaN();
+  const Matrix<S> q = random_matrix<S>(L, d, rng);
+  Matrix<S> k = random_matrix<S>(Sk, d, rng);
+  Matrix<S> v = random_matrix<S>(Sk, d, rng);
+  const double scale = 0.2;
+  // NaN keys and values where no tile may be computed: 0 * NaN would poison the output.
+  // Causal: keys 100.. lie in every query's future (key blocks of 128 start at 0, 128, 256).
+  // Key padding to 130 keys: the block 256..299 is all padding (128..255 is partly valid).
+  const Matrix<S> k_ok = k, v_ok = v;
+  k.bottomRows(Sk - 256).setConstant(nan);
+  v.bottomRows(Sk - 256).setConstant(nan);
+  const Matrix<S> want_pad = attend::scaled_dot_product_attention(
+      q, k_ok.topRows(130), v_ok.topRows(130), Mask(), scale);
+  Matrix<S> k_causal = k_ok, v_causal = v_ok;
+  k_causal.bottomRows(Sk - L).setConstant(nan);
+  v_causal.bottomRows(Sk - L).setConstant(nan);
+  const Matrix<S> want_causal = attend::scaled_dot_product_attention(
+      q, k_ok.topRows(L), v_ok.topRows(L), Mask::causal(), scale);
+  for (const FusedKernel kernel : kKernels) {
+    INFO("kernel " << kernel_name(kernel));
+    require_close(fused_head<S>(q, k, v, Mask::key_padding_lengths({130}, Sk), scale, kernel),
+                  want_pad, kFusedTol<S>, kFusedTol<S>);
+    require_close(fused_head<S>(q, k_causal, v_causal, Mask::causal(), scale, kernel),
+                  want_causal, kFusedTol<S>, kFusedTol<S>);
+  }
+}
+
+TEST_CASE("fused.hpp: tile classification", "[fused]") {
+  using attend::detail::classify_tile;
+  using attend::detail::HeadMaskView;
+  using attend::detail::TileKind;
+  const Mask causal = Mask::causal();
+  const HeadMaskView c(causal, 0, 0);
+  // Queries 0..47 against keys 48..175: key 48 > 47 + 0, above the diagonal.
+  REQUIRE(classify_tile(c, 0, 48, 48, 128) == TileKind::skip);
+  // Queries 48..95 against keys 0..127: partly in the future (keys 49..127 for query 48).
+  REQUIRE(classify_tile(c, 48, 48, 0, 128) == TileKind::masked);
+  // Queries 144..191 against keys 0..127: all in the past.
+  REQUIRE(classify_tile(c, 144, 48, 0, 128) == TileKind::clean);
+  const Mask pad = Mask::key_padding_lengths({10, 200}, 300);
+  REQUIRE(classify_tile(HeadMaskView(pad, 0, 0), 0, 48, 128, 128) == TileKind::skip);
+  REQUIRE(classify_tile(HeadMaskView(pad, 1, 0), 0, 48, 128, 128) == TileKind::masked);
+  REQUIRE(classify_tile(HeadMaskView(pad, 1, 0), 0, 48, 0, 128) == TileKind::clean);
+  REQUIRE(classify_tile(HeadMaskView(Mask(), 0, 0), 0, 48, 0, 128) == TileKind::clean);
+}
+
+// ---- no allocation, workspace size -----------------------------------------------------
+
+TEMPLATE_TEST_CASE("fused.hpp: the kernel allocates nothing", "[fused]", float, double) {
+  using S = TestType;
+#ifdef NDEBUG
+  WARN("NDEBUG is defined: Eigen's allocation check is an eigen_assert and is off");
+#endif
+  attend::Rng rng(9);
+  const Index L = 200, Sk = 333, d_k = 64, d_v = 48;
+  const Matrix<S> q = random_matrix<S>(L, d_k, rng);
+  const Matrix<S> k = random_matrix<S>(Sk, d_k, rng);
+  const Matrix<S> v = random_matrix<S>(Sk, d_v, rng);
+  const Mask mask = Mask::causal(40) & Mask::key_padding_lengths({300}, Sk) &
+                    Mask::additive(random_matrix<double>(L, Sk, rng, 1.0));
+  attend::FusedWorkspace<S> ws(d_k, d_v);
+  for (const FusedKernel kernel : kKernels) {
+    INFO("kernel " << kernel_name(kernel));
+    Matrix<S> out(L, d_v);
+    Eigen::internal::set_is_malloc_allowed(false);
+    attend::detail::attention_head_fused<S>(q, k, v, mask, 0, 0, S(0.125), out, ws, kernel);
+    Eigen::internal::set_is_malloc_allowed(true);
+    require_close(out, attend::scaled_dot_product_attention(q, k, v, mask, 0.125), kFusedTol<S>,
+                  kFusedTol<S>);
+  }
+}
+
+TEST_CASE("fused.hpp: the workspace is O(block x d), independent of L and S", "[fused]") {
+  // 48 x 64 packed queries + 128 x 48 scores + 48 x 64 accumulators + 4 x 48 = 12480 floats.
+  const attend::FusedWorkspace<float> ws(64, 64);
+  REQUIRE(ws.bytes() >= 12480 * sizeof(float));
+  REQUIRE(ws.bytes() < 52 * 1024);
+  REQUIRE(ws.fits(64, 64));
+  REQUIRE_FALSE(ws.fits(65, 64));
+}
+
+// ---- AVX2 exp2 -------------------------------------------------------------------------
+
+TEST_CASE("fused.hpp: AVX2 exp2 of non-positive inputs", "[fused]") {
+#if ATTEND_FUSED_AVX2
+  if (!attend::detail::cpu_has_avx2_fma()) {
+    WARN("this CPU has no AVX2/FMA: only the portable path runs");
+    return;
+  }
+  // -inf, and anything at or below -127, is exactly 0; 2^0 = 1 and 2^-1 = 0.5 exactly.
+  std::vector<float> x = {-inf<float>, -1e30f, -200.0f, -127.0f, 0.0f, -1.0f, -0.5f, -126.0f};
+  std::vector<float> y(x.size());
+  attend::detail::fused_exp2_nonpositive(x.data(), y.data(), 8);
+  REQUIRE(y[0] == 0.0f);
+  REQUIRE(y[1] == 0.0f);
+  REQUIRE(y[2] == 0.0f);
+  REQUIRE(y[3] == 0.0f);
+  REQUIRE(y[4] == 1.0f);
+  REQUIRE(y[5] == 0.5f);
+  REQUIRE(y[6] == Approx(std::exp2(-0.5)).epsilon(kExp2RelTol));
+  REQUIRE(y[7] == Approx(std::exp2(-126.0)).epsilon(kExp2RelTol));
+  // A sweep over [-126, 0], the range where results are normal floats.
+  const Index n = 8 * 4096;
+  x.resize(n);
+  y.resize(n);
+  for (Index i = 0; i < n; ++i) x[static_cast<std::size_t>(i)] = -126.0f * float(i) / float(n);
+  attend::detail::fused_exp2_nonpositive(x.data(), y.data(), n);
+  double max_rel = 0.0;
+  for (Index i = 0; i < n; ++i) {
+    const double want = std::exp2(double(x[static_cast<std::size_t>(i)]));
+    max_rel = std::max(max_rel, std::abs(double(y[static_cast<std::size_t>(i)]) - want) / want);
+  }
+  INFO("max relative error " << max_rel);
+  REQUIRE(max_rel <= kExp2RelTol);
+#else
+  WARN("built without the AVX2 kernels (not x86-64 GCC/Clang, or ATTEND_NO_AVX2)");
+#endif
+}
+
+// ---- tensors and threads ---------------------------------------------------------------
+
+TEMPLATE_TEST_CASE("fused.hpp: tensor form equals the reference with broadcast masks",
+                   "[fused]", float, double) {
+  using S = TestType;
+  attend::Rng rng(21);
+  const Index B = 2, H = 3, L = 37, Sk = 53, d_k = 16, d_v = 24;
+  const auto random_tensor = [&rng](attend::Shape shape) {
+    Tensor<S> t(shape);
+    attend::fill_uniform(t.flat(), 1.0, rng);
+    return t;
+  };
+  const Tensor<S> q = random_tensor({B, H, L, d_k});
+  const Tensor<S> k = random_tensor({B, H, Sk, d_k});
+  const Tensor<S> v = random_tensor({B, H, Sk, d_v});
+  Tensor<bool> per_batch({B, 1, L, Sk});
+  for (Index i = 0; i < per_batch.size(); ++i) per_batch.flat()[i] = rng.uniform() < 0.3;
+  Tensor<double> per_head({H, L, Sk});
+  attend::fill_uniform(per_head.flat(), 2.0, rng);
+  const std::vector<std::pair<std::string, Mask>> masks = {
+      {"none", Mask()},
+      {"causal", Mask::causal()},
+      {"key padding", Mask::key_padding_lengths({20, 53}, Sk)},
+      {"deny [B, 1, L, S]", Mask::deny(per_batch)},
+      {"additive [H, L, S] & causal", Mask::additive(per_head) & Mask::causal(4)}};
+  for (const auto& [name, mask] : masks) {
+    INFO("mask " << name);
+    const Tensor<S> got = attend::scaled_dot_product_attention_fused(q, k, v, mask);
+    const auto want = attend::scaled_dot_product_attention(q, k, v, mask, std::nullopt, false);
+    REQUIRE(got.shape() == want.output.shape());
+    require_close(got.as_matrix(), want.output.as_matrix(), kFusedTol<S>, kFusedTol<S>);
+    const Tensor<S> portable = attend::detail::scaled_dot_product_attention_fused(
+        q, k, v, mask, std::nullopt, FusedKernel::portable);
+    require_close(portable.as_matrix(), want.output.as_matrix(), kFusedTol<S>, kFusedTol<S>);
+  }
+  // Rank 3 ([N, L, d], N in the H slot) and rank 2.
+  const Tensor<S> q3 = q.reshaped({B * H, L, d_k}), k3 = k.reshaped({B * H, Sk, d_k});
+  const Tensor<S> v3 = v.reshaped({B * H, Sk, d_v});
+  require_close(attend::scaled_dot_product_attention_fused(q3, k3, v3, Mask::causal()).as_matrix(),
+                attend::scaled_dot_product_attention(q3, k3, v3, Mask::causal()).output.as_matrix(),
+                kFusedTol<S>, kFusedTol<S>);
+  const Tensor<S> q2 = Tensor<S>::from_matrix(q.matrix(0, 0));
+  const Tensor<S> k2 = Tensor<S>::from_matrix(k.matrix(0, 0));
+  const Tensor<S> v2 = Tensor<S>::from_matrix(v.matrix(0, 0));
+  require_close(attend::scaled_dot_product_attention_fused(q2, k2, v2).as_matrix(),
+                attend::scaled_dot_product_attention(q2, k2, v2).output.as_matrix(),
+                kFusedTol<S>, kFusedTol<S>);
+}
+
+TEMPLATE_TEST_CASE("fused.hpp: results do not depend on the work split or thread count",
+                   "[fused]", float, double) {
+  using S = TestType;
+  attend::Rng rng(8);
+  const Index B = 2, H = 2, L = 150, Sk = 170, d = 32;
+  Tensor<S> q({B, H, L, d}), k({B, H, Sk, d}), v({B, H, Sk, d});
+  attend::fill_uniform(q.flat(), 1.0, rng);
+  attend::fill_uniform(k.flat(), 1.0, rng);
+  attend::fill_uniform(v.flat(), 1.0, rng);
+  const Mask mask = Mask::causal(20) & Mask::key_padding_lengths({170, 101}, Sk);
+  const Tensor<S> batched = attend::scaled_dot_product_attention_fused(q, k, v, mask);
+  // Tensor form (split into (batch, head, query block) items) vs one head at a time:
+  // the same arithmetic, so the same bits.
+  attend::FusedWorkspace<S> ws(d, d);
+  for (Index b = 0; b < B; ++b) {
+    for (Index h = 0; h < H; ++h) {
+      Matrix<S> out(L, d);
+      attend::detail::attention_head_fused<S>(q.matrix(b, h), k.matrix(b, h), v.matrix(b, h),
+                                              mask, b, h, S(1 / std::sqrt(double(d))), out, ws);
+      REQUIRE(out == Matrix<S>(batched.matrix(b, h)));
+    }
+  }
+#if defined(_OPENMP)
+  const int saved = omp_get_max_threads();
+  omp_set_num_threads(1);
+  const Tensor<S> one = attend::scaled_dot_product_attention_fused(q, k, v, mask);
+  omp_set_num_threads(2);
+  const Tensor<S> two = attend::scaled_dot_product_attention_fused(q, k, v, mask);
+  omp_set_num_threads(saved);
+  REQUIRE(std::memcmp(one.data(), two.data(), sizeof(S) * std::size_t(one.size())) == 0);
+#endif
+}
+
+// ---- errors ------------------------------------------------------------------------------
+
+TEMPLATE_TEST_CASE("fused.hpp: argument errors name the argument and shapes", "[fused]", float,
+                   double) {
+  using S = TestType;
+  const Matrix<S> q = Matrix<S>::Ones(5, 16);
+  const Matrix<S> k = Matrix<S>::Ones(7, 16);
+  const Matrix<S> v = Matrix<S>::Ones(7, 8);
+  using attend::scaled_dot_product_attention_fused;
+  using attend::shape_error;
+  using attend::value_error;
+  const Matrix<S> k_bad = Matrix<S>::Ones(7, 12);
+  REQUIRE_THROWS_AS(scaled_dot_product_attention_fused(q, k_bad, v), shape_error);
+  REQUIRE_THROWS_WITH(scaled_dot_product_attention_fused(q, k_bad, v),
+                      "scaled_dot_product_attention_fused: key is [7, 12], expected [S, 16] "
+                      "(d_k of query)");
+  const Matrix<S> v_bad = Matrix<S>::Ones(6, 8);
+  REQUIRE_THROWS_AS(scaled_dot_product_attention_fused(q, k, v_bad), shape_error);
+  REQUIRE_THROWS_WITH(scaled_dot_product_attention_fused(q, k, v_bad),
+                      "scaled_dot_product_attention_fused: value is [6, 8], expected [7, d_v] "
+                      "(S of key)");
+  const Mask small = Mask::deny(attend::BoolMatrix::Zero(3, 4));
+  REQUIRE_THROWS_AS(scaled_dot_product_attention_fused(q, k, v, small), shape_error);
+  REQUIRE_THROWS_WITH(scaled_dot_product_attention_fused(q, k, v, small),
+                      "scaled_dot_product_attention_fused: mask is [1, 1, 3, 4], expected "
+                      "broadcastable to [1, 1, 5, 7]");
+  Matrix<S> q_nan = q;
+  q_nan(1, 2) = std::numeric_limits<S>::quiet_NaN();
+  REQUIRE_THROWS_AS(scaled_dot_product_attention_fused(q_nan, k, v), value_error);
+  REQUIRE_THROWS_WITH(scaled_dot_product_attention_fused(q_nan, k, v),
+                      "scaled_dot_product_attention_fused: query has a non-finite value (nan) "
+                      "at [1, 2]");
+  REQUIRE_THROWS_AS(scaled_dot_product_attention_fused(q, k, v, Mask(), inf<double>), value_error);
+  REQUIRE_THROWS_WITH(scaled_dot_product_attention_fused(q, k, v, Mask(), inf<double>),
+                      "scaled_dot_product_attention_fused: scale is inf, expected a finite value");
+
+  const Tensor<S> tq({2, 3, 5, 16}), tk({2, 3, 7, 16}), tv({2, 3, 7, 8});
+  const Tensor<S> t1({5});
+  REQUIRE_THROWS_AS(scaled_dot_product_attention_fused(t1, tk, tv), shape_error);
+  REQUIRE_THROWS_WITH(scaled_dot_product_attention_fused(t1, tk, tv),
+                      "scaled_dot_product_attention_fused: query is [5], expected rank 2 to 4 "
+                      "([B, H, L, d_k])");
+  const Tensor<S> tk_bad({2, 3, 7, 12});
+  REQUIRE_THROWS_AS(scaled_dot_product_attention_fused(tq, tk_bad, tv), shape_error);
+  REQUIRE_THROWS_WITH(scaled_dot_product_attention_fused(tq, tk_bad, tv),
+                      "scaled_dot_product_attention_fused: key is [2, 3, 7, 12], expected "
+                      "[2, 3, S, 16]");
+  const Tensor<S> tv_bad({2, 3, 6, 8});
+  REQUIRE_THROWS_AS(scaled_dot_product_attention_fused(tq, tk, tv_bad), shape_error);
+  REQUIRE_THROWS_WITH(scaled_dot_product_attention_fused(tq, tk, tv_bad),
+                      "scaled_dot_product_attention_fused: value is [2, 3, 6, 8], expected "
+                      "[2, 3, 7, d_v]");
+  REQUIRE_THROWS_AS(scaled_dot_product_attention_fused(tq, tk, tv, small), shape_error);
+  REQUIRE_THROWS_WITH(scaled_dot_product_attention_fused(tq, tk, tv, small),
+                      "scaled_dot_product_attention_fused: attn_mask is [1, 1, 3, 4], expected "
+                      "broadcastable to [2, 3, 5, 7]");
+}
