@@ -9,9 +9,10 @@ int main() {
   opts.embed_dim = 8;
   opts.num_heads = 2;
   opts.batch_first = true;
-  MultiheadAttention<float> mha(opts, /*seed=*/42);  // or mha.load_state_dict(SafeTensors::load(path))
+  MultiheadAttention<float> mha(opts,
+                                /*seed=*/42);  // or mha.load_state_dict(SafeTensors::load(path))
 
-  Tensor<float> x({1, 4, 8});  // [B, L, E]
+  Tensor<float> x({1, 4, 8});                                 // [B, L, E]
   x.matrix(0) = sinusoidal_positional_encoding<float>(4, 8);  // positions as toy inputs
 
   MultiheadAttentionArgs args;

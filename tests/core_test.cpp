@@ -6,9 +6,9 @@
 #include "attend/core/tensor.hpp"
 #include "attend/core/types.hpp"
 
-#include <catch2/catch.hpp>
-
 #include <Eigen/Core>
+
+#include <catch2/catch.hpp>
 
 #include <cmath>
 #include <cstdint>
@@ -85,8 +85,7 @@ TEST_CASE("errors.hpp: typed errors derive from attend::error and keep the messa
 
 // ---- Tensor ----------------------------------------------------------------------------
 
-TEMPLATE_TEST_CASE("tensor.hpp: construction, shape queries and dim(-1)", "[core]", float,
-                   double) {
+TEMPLATE_TEST_CASE("tensor.hpp: construction, shape queries and dim(-1)", "[core]", float, double) {
   using S = TestType;
   const Tensor<S> empty;
   CHECK(empty.rank() == 0);
@@ -128,8 +127,8 @@ TEMPLATE_TEST_CASE("tensor.hpp: construction, shape queries and dim(-1)", "[core
   CHECK(scalar() == S(7));
 }
 
-TEMPLATE_TEST_CASE("tensor.hpp: element, batch and head views share the tensor's storage",
-                   "[core]", float, double) {
+TEMPLATE_TEST_CASE("tensor.hpp: element, batch and head views share the tensor's storage", "[core]",
+                   float, double) {
   using S = TestType;
   // [B, L, d] = [2, 3, 4]: element (b, i, j) sits at flat (b * 3 + i) * 4 + j.
   Tensor<S> t = iota<S>({2, 3, 4});

@@ -1,15 +1,16 @@
 // SPDX-License-Identifier: MIT
 // Tests of embedding/: token embedding lookup and the sinusoidal positional encoding
 // (hand-computed rows, properties and error paths).
+#include "attend/embedding/embedding.hpp"
+
 #include "attend/core/errors.hpp"
 #include "attend/core/tensor.hpp"
 #include "attend/core/types.hpp"
-#include "attend/embedding/embedding.hpp"
 #include "attend/embedding/positional.hpp"
 
-#include <catch2/catch.hpp>
-
 #include <Eigen/Core>
+
+#include <catch2/catch.hpp>
 
 #include <cmath>
 #include <cstdint>
@@ -50,8 +51,8 @@ template <typename S>
 constexpr double kIdentityTol = std::is_same_v<S, float> ? 1e-6 : 1e-14;
 
 template <typename A, typename B>
-void require_close(const Eigen::MatrixBase<A>& got, const Eigen::MatrixBase<B>& want,
-                   double atol, double rtol = 0.0) {
+void require_close(const Eigen::MatrixBase<A>& got, const Eigen::MatrixBase<B>& want, double atol,
+                   double rtol = 0.0) {
   REQUIRE(got.rows() == want.rows());
   REQUIRE(got.cols() == want.cols());
   double max_err = 0.0;
@@ -138,8 +139,8 @@ TEMPLATE_TEST_CASE("embedding.hpp: the Tensor form gives shape [..., D]", "[embe
   CHECK(out0(1) == S(2));
 }
 
-TEMPLATE_TEST_CASE("embedding.hpp: the padding_idx row is returned as stored", "[embedding]",
-                   float, double) {
+TEMPLATE_TEST_CASE("embedding.hpp: the padding_idx row is returned as stored", "[embedding]", float,
+                   double) {
   using S = TestType;
   // from_pretrained does not zero the padding row (torch.nn.Embedding.from_pretrained).
   Embedding<S> e = Embedding<S>::from_pretrained(tiny_table<S>(), 1);
@@ -177,8 +178,8 @@ TEMPLATE_TEST_CASE("embedding.hpp: a negative padding_idx counts from the end", 
   CHECK(pre.padding_idx == Index(0));
 }
 
-TEMPLATE_TEST_CASE("embedding.hpp: scale_by_sqrt_d multiplies the rows by sqrt(D)",
-                   "[embedding]", float, double) {
+TEMPLATE_TEST_CASE("embedding.hpp: scale_by_sqrt_d multiplies the rows by sqrt(D)", "[embedding]",
+                   float, double) {
   using S = TestType;
   // D = 4: sqrt(4) = 2, so every entry doubles exactly.
   Embedding<S> e = Embedding<S>::from_pretrained(rows<S>(2, 4, {1, 2, 3, 4, -1, 0.5, 0, 8}));
@@ -223,8 +224,9 @@ TEMPLATE_TEST_CASE("embedding.hpp: out-of-range ids and bad sizes are rejected",
   REQUIRE_THROWS_WITH(E(4, -2),
                       "Embedding: num_embeddings and embedding_dim must be positive, got 4 and -2");
   REQUIRE_THROWS_AS(E::from_pretrained(Matrix<S>(0, 3)), attend::value_error);
-  REQUIRE_THROWS_WITH(E::from_pretrained(Matrix<S>(0, 3)),
-                      "Embedding::from_pretrained: weight is [0, 3], expected [V, D] with V, D > 0");
+  REQUIRE_THROWS_WITH(
+      E::from_pretrained(Matrix<S>(0, 3)),
+      "Embedding::from_pretrained: weight is [0, 3], expected [V, D] with V, D > 0");
   Matrix<S> bad = tiny_table<S>();
   bad(2, 1) = std::numeric_limits<S>::quiet_NaN();
   REQUIRE_THROWS_AS(E::from_pretrained(bad), attend::value_error);
@@ -248,8 +250,8 @@ TEMPLATE_TEST_CASE("positional.hpp: position 0 is [0, 1, 0, 1, ...]", "[embeddin
   require_close(pc.row(0), rows<double>(1, 6, {0, 0, 0, 1, 1, 1}), 0.0);
 }
 
-TEMPLATE_TEST_CASE("positional.hpp: PE[1] and PE[2] for d_model = 4 by hand", "[embedding]",
-                   float, double) {
+TEMPLATE_TEST_CASE("positional.hpp: PE[1] and PE[2] for d_model = 4 by hand", "[embedding]", float,
+                   double) {
   using S = TestType;
   // d = 4: w_0 = 1 / 10000^(0/4) = 1, w_1 = 1 / 10000^(2/4) = 1/100.
   // PE[1] interleaved  = [sin 1, cos 1, sin 0.01, cos 0.01]
@@ -258,25 +260,25 @@ TEMPLATE_TEST_CASE("positional.hpp: PE[1] and PE[2] for d_model = 4 by hand", "[
   //                    = [0.909297426826, -0.416146836547, 0.019998666693, 0.999800006667]
   const Matrix<S> pe = attend::sinusoidal_positional_encoding<S>(3, 4);
   const double tol = kTableTol<S> + kDigitsTol;
-  require_close(pe.row(1),
-                rows<double>(1, 4, {0.841470984808, 0.540302305868, 0.009999833334, 0.999950000417}),
-                tol);
-  require_close(pe.row(2),
-                rows<double>(1, 4, {0.909297426826, -0.416146836547, 0.019998666693, 0.999800006667}),
-                tol);
+  require_close(
+      pe.row(1),
+      rows<double>(1, 4, {0.841470984808, 0.540302305868, 0.009999833334, 0.999950000417}), tol);
+  require_close(
+      pe.row(2),
+      rows<double>(1, 4, {0.909297426826, -0.416146836547, 0.019998666693, 0.999800006667}), tol);
   // Concatenated: [sin 1, sin 0.01, cos 1, cos 0.01].
   const Matrix<S> pc =
       attend::sinusoidal_positional_encoding<S>(3, 4, PositionalLayout::concatenated);
-  require_close(pc.row(1),
-                rows<double>(1, 4, {0.841470984808, 0.009999833334, 0.540302305868, 0.999950000417}),
-                tol);
+  require_close(
+      pc.row(1),
+      rows<double>(1, 4, {0.841470984808, 0.009999833334, 0.540302305868, 0.999950000417}), tol);
   // base = 100: w_1 = 1 / 100^(2/4) = 0.1 -> PE[1] = [sin 1, cos 1, sin 0.1, cos 0.1]
   //   = [0.841470984808, 0.540302305868, 0.099833416647, 0.995004165278]
   const Matrix<S> pb =
       attend::sinusoidal_positional_encoding<S>(2, 4, PositionalLayout::interleaved, 0, 100.0);
-  require_close(pb.row(1),
-                rows<double>(1, 4, {0.841470984808, 0.540302305868, 0.099833416647, 0.995004165278}),
-                tol);
+  require_close(
+      pb.row(1),
+      rows<double>(1, 4, {0.841470984808, 0.540302305868, 0.099833416647, 0.995004165278}), tol);
 }
 
 TEMPLATE_TEST_CASE("positional.hpp: odd d_model ends with a sine column", "[embedding]", float,
@@ -289,23 +291,26 @@ TEMPLATE_TEST_CASE("positional.hpp: odd d_model ends with a sine column", "[embe
   const Matrix<S> pe = attend::sinusoidal_positional_encoding<S>(2, 5);
   const double tol = kTableTol<S> + kDigitsTol;
   require_close(pe.row(0), rows<double>(1, 5, {0, 1, 0, 1, 0}), 0.0);
-  require_close(pe.row(1), rows<double>(1, 5, {0.841470984808, 0.540302305868, 0.025116222910,
-                                          0.999684537915, 0.000630957303}),
-                tol);
+  require_close(
+      pe.row(1),
+      rows<double>(
+          1, 5, {0.841470984808, 0.540302305868, 0.025116222910, 0.999684537915, 0.000630957303}),
+      tol);
   // Concatenated: [sin 1, sin w_1, sin w_2, cos 1, cos w_1].
   const Matrix<S> pc =
       attend::sinusoidal_positional_encoding<S>(2, 5, PositionalLayout::concatenated);
   require_close(pc.row(0), rows<double>(1, 5, {0, 0, 0, 1, 1}), 0.0);
-  require_close(pc.row(1), rows<double>(1, 5, {0.841470984808, 0.025116222910, 0.000630957303,
-                                          0.540302305868, 0.999684537915}),
-                tol);
+  require_close(
+      pc.row(1),
+      rows<double>(
+          1, 5, {0.841470984808, 0.025116222910, 0.000630957303, 0.540302305868, 0.999684537915}),
+      tol);
   // d = 1: a single sine column, sin(p).
   const Matrix<S> p1 = attend::sinusoidal_positional_encoding<S>(3, 1);
   require_close(p1, rows<double>(3, 1, {0, 0.841470984808, 0.909297426826}), tol);
 }
 
-TEMPLATE_TEST_CASE("positional.hpp: first_position shifts the rows", "[embedding]", float,
-                   double) {
+TEMPLATE_TEST_CASE("positional.hpp: first_position shifts the rows", "[embedding]", float, double) {
   using S = TestType;
   for (const PositionalLayout layout :
        {PositionalLayout::interleaved, PositionalLayout::concatenated}) {
@@ -361,9 +366,10 @@ TEMPLATE_TEST_CASE("positional.hpp: SinusoidalPositionalEncoding::forward adds r
   require_close(y3, Matrix<S>(x + pos.table().middleRows(3, 2)), 0.0);
   // PE[3] = [sin 3, cos 3, sin 0.03, cos 0.03]
   //       = [0.141120008060, -0.989992496600, 0.029995500202, 0.999550033749]
-  require_close(y3.row(0),
-                rows<double>(1, 4, {1.141120008060, 1.010007503400, 3.029995500202, 4.999550033749}),
-                kDigitsTol, kRelTol<S>);
+  require_close(
+      y3.row(0),
+      rows<double>(1, 4, {1.141120008060, 1.010007503400, 3.029995500202, 4.999550033749}),
+      kDigitsTol, kRelTol<S>);
   // The last rows fit exactly: offset 4 + 2 rows = max_len 6. Zero rows at offset 6 too.
   require_close(pos.forward(x, 4), Matrix<S>(x + pos.table().bottomRows(2)), 0.0);
   CHECK(pos.forward(Matrix<S>(0, 4), 6).rows() == 0);
@@ -378,15 +384,17 @@ TEMPLATE_TEST_CASE("positional.hpp: bad sizes, bases and offsets are rejected",
                    "[embedding][error]", float, double) {
   using S = TestType;
   const auto pe = [](Index max_len, Index d, double base = 10000.0) {
-    return attend::sinusoidal_positional_encoding<S>(max_len, d, PositionalLayout::interleaved,
-                                                     0, base);
+    return attend::sinusoidal_positional_encoding<S>(max_len, d, PositionalLayout::interleaved, 0,
+                                                     base);
   };
   REQUIRE_THROWS_AS(pe(-1, 4), attend::value_error);
-  REQUIRE_THROWS_WITH(pe(-1, 4), "sinusoidal_positional_encoding: max_len is -1 and d_model is 4, "
-                                 "expected max_len >= 0 and d_model > 0");
+  REQUIRE_THROWS_WITH(pe(-1, 4),
+                      "sinusoidal_positional_encoding: max_len is -1 and d_model is 4, "
+                      "expected max_len >= 0 and d_model > 0");
   REQUIRE_THROWS_AS(pe(3, 0), attend::value_error);
-  REQUIRE_THROWS_WITH(pe(3, 0), "sinusoidal_positional_encoding: max_len is 3 and d_model is 0, "
-                                "expected max_len >= 0 and d_model > 0");
+  REQUIRE_THROWS_WITH(pe(3, 0),
+                      "sinusoidal_positional_encoding: max_len is 3 and d_model is 0, "
+                      "expected max_len >= 0 and d_model > 0");
   REQUIRE_THROWS_AS(pe(3, 4, 0.0), attend::value_error);
   REQUIRE_THROWS_WITH(pe(3, 4, 0.0),
                       "sinusoidal_positional_encoding: base is 0.000000, expected a positive "

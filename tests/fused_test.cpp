@@ -56,11 +56,11 @@ constexpr S inf = std::numeric_limits<S>::infinity();
 template <typename S>
 constexpr double kFusedTol = std::is_same_v<S, float> ? 1e-5 : 1e-12;
 
-/// Logits near 1e3: each path rounds the dot products of 64 terms of size ~30 on its own,
+/// Logits near 1e3: each path rounds the dot products of 64 terms of size ~100 on its own,
 /// a logit error of a few ulps of 1e3 (6e-5 in float, 1e-13 in double) that scales
 /// each weight by exp(error), so outputs in [-1, 1] differ by ~1e-4 (float).
 template <typename S>
-constexpr double kLargeLogitTol = std::is_same_v<S, float> ? 1e-3 : 1e-9;
+constexpr double kLargeLogitTol = std::is_same_v<S, float> ? 3e-5 : 1e-12;
 
 /// Hand-computed values are written with 10 significant digits.
 template <typename S>
@@ -248,12 +248,12 @@ TEMPLATE_TEST_CASE("fused.hpp: logits near 1e3 stay finite and match", "[fused]"
   using S = TestType;
   attend::Rng rng(5);
   const Index L = 70, Sk = 150, d = 64;
-  // q in [-30, 30], k in [-1, 1], scale 1: logits of a few hundred, the largest near 1e3.
-  const Matrix<S> q = random_matrix<S>(L, d, rng, 30.0);
+  // q in [-100, 100], k in [-1, 1], scale 1: logits of a few hundred, the largest near 1e3.
+  const Matrix<S> q = random_matrix<S>(L, d, rng, 100.0);
   const Matrix<S> k = random_matrix<S>(Sk, d, rng);
   const Matrix<S> v = random_matrix<S>(Sk, d, rng);
   const Matrix<S> scores = q * k.transpose();
-  REQUIRE(scores.cwiseAbs().maxCoeff() > S(500));
+  REQUIRE(scores.cwiseAbs().maxCoeff() > S(800));
   check_case<S>(q, k, v, Mask(), 1.0, kLargeLogitTol<S>);
   check_case<S>(q, k, v, Mask::causal(), 1.0, kLargeLogitTol<S>);
 }

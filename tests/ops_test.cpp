@@ -6,9 +6,9 @@
 #include "attend/core/types.hpp"
 #include "attend/ops/softmax.hpp"
 
-#include <catch2/catch.hpp>
-
 #include <Eigen/Core>
+
+#include <catch2/catch.hpp>
 
 #include <cmath>
 #include <cstdint>
@@ -53,8 +53,8 @@ constexpr double kFiniteDiffStep = 1e-6;
 /// Passes when every |got - want| <= atol + rtol * |want| (or got == want, for equal
 /// infinities); on failure reports the max error and the first mismatching index.
 template <typename A, typename B>
-void require_close(const Eigen::MatrixBase<A>& got, const Eigen::MatrixBase<B>& want,
-                   double atol, double rtol = 0.0) {
+void require_close(const Eigen::MatrixBase<A>& got, const Eigen::MatrixBase<B>& want, double atol,
+                   double rtol = 0.0) {
   REQUIRE(got.rows() == want.rows());
   REQUIRE(got.cols() == want.cols());
   double max_err = 0.0;
@@ -122,8 +122,7 @@ TEMPLATE_TEST_CASE("softmax.hpp: softmax of [1, 2, 3] by hand", "[ops]", float, 
   require_close(attend::softmax(x), want2, kHandTol<S>);
 }
 
-TEMPLATE_TEST_CASE("softmax.hpp: a -inf logit gets exactly zero weight", "[ops]", float,
-                   double) {
+TEMPLATE_TEST_CASE("softmax.hpp: a -inf logit gets exactly zero weight", "[ops]", float, double) {
   using S = TestType;
   // [1, -inf, 3]: exp(1 - 3) = e^-2 = 0.135335283237, exp(-inf) = 0, exp(0) = 1;
   // sum = 1.135335283237 -> [0.119202922022, 0, 0.880797077978] (= sigmoid(-2), sigmoid(2))
@@ -139,8 +138,7 @@ TEMPLATE_TEST_CASE("softmax.hpp: a -inf logit gets exactly zero weight", "[ops]"
   require_close(ym, y, 0.0);
 }
 
-TEMPLATE_TEST_CASE("softmax.hpp: a fully masked row gives zeros, not NaN", "[ops]", float,
-                   double) {
+TEMPLATE_TEST_CASE("softmax.hpp: a fully masked row gives zeros, not NaN", "[ops]", float, double) {
   using S = TestType;
   // Row 0 is all -inf (PyTorch gives NaN there); row 1 = [0, 0, 0] -> 1/3 each.
   Matrix<S> x(2, 3);
@@ -182,16 +180,13 @@ TEMPLATE_TEST_CASE("softmax.hpp: logits of magnitude 1e3 and 1e30 neither overfl
   const Matrix<S> y = attend::softmax(row<S>({S(1e30), 0, S(-1e30)}));
   require_close(y, row<S>({1, 0, 0}), 0.0);
   // [1e30, 1e30, -1e30]: [0, 0, -2e30] -> [1, 1, 0] / 2.
-  require_close(attend::softmax(row<S>({S(1e30), S(1e30), S(-1e30)})), row<S>({0.5, 0.5, 0}),
-                0.0);
+  require_close(attend::softmax(row<S>({S(1e30), S(1e30), S(-1e30)})), row<S>({0.5, 0.5, 0}), 0.0);
 
   // log_softmax([1000, 1001, 1002]) = x - 1002 - log(1 + e^-1 + e^-2)
   //   log(1.503214724408) = 0.407605964444 -> [-2.407605964444, -1.407605964444, -0.407605964444]
-  const Matrix<S> log_small =
-      row<S>({S(-2.407605964444), S(-1.407605964444), S(-0.407605964444)});
+  const Matrix<S> log_small = row<S>({S(-2.407605964444), S(-1.407605964444), S(-0.407605964444)});
   require_close(attend::log_softmax(row<S>({1000, 1001, 1002})), log_small, kLargeLogitTol<S>);
-  require_close(attend::log_softmax(row<S>({-1002, -1001, -1000})), log_small,
-                kLargeLogitTol<S>);
+  require_close(attend::log_softmax(row<S>({-1002, -1001, -1000})), log_small, kLargeLogitTol<S>);
   // log_softmax([1e30, 0, -1e30]) = x - 1e30 - log(1 + 0 + 0) = [0, -1e30, -2e30]
   const Matrix<S> ly = attend::log_softmax(row<S>({S(1e30), 0, S(-1e30)}));
   REQUIRE(ly.allFinite());
@@ -199,14 +194,12 @@ TEMPLATE_TEST_CASE("softmax.hpp: logits of magnitude 1e3 and 1e30 neither overfl
   require_close(ly, row<S>({0, S(-1e30), S(-2e30)}), 0.0, kHandTol<S>);
 }
 
-TEMPLATE_TEST_CASE("softmax.hpp: log_softmax by hand, with a -inf entry", "[ops]", float,
-                   double) {
+TEMPLATE_TEST_CASE("softmax.hpp: log_softmax by hand, with a -inf entry", "[ops]", float, double) {
   using S = TestType;
   // [1, 2, 3]: log(sum e^x) = 3 + log(1.503214724408) = 3.407605964444
   //   -> [-2.407605964444, -1.407605964444, -0.407605964444]
   require_close(attend::log_softmax(row<S>({1, 2, 3})),
-                row<S>({S(-2.407605964444), S(-1.407605964444), S(-0.407605964444)}),
-                kHandTol<S>);
+                row<S>({S(-2.407605964444), S(-1.407605964444), S(-0.407605964444)}), kHandTol<S>);
   // [1, -inf, 3]: lse = 3 + log(1 + e^-2) = 3 + log(1.135335283237) = 3.126928011043
   //   -> [-2.126928011043, -inf, -0.126928011043]
   const Matrix<S> y = attend::log_softmax(row<S>({1, -inf<S>, 3}));
@@ -228,8 +221,8 @@ TEMPLATE_TEST_CASE("softmax.hpp: softmax_backward on a 1x3 example by hand", "[o
                 0.0);
 }
 
-TEMPLATE_TEST_CASE("softmax.hpp: log_softmax_backward on a 1x3 example by hand", "[ops]",
-                   float, double) {
+TEMPLATE_TEST_CASE("softmax.hpp: log_softmax_backward on a 1x3 example by hand", "[ops]", float,
+                   double) {
   using S = TestType;
   // y = log([0.5, 0.25, 0.25]) = [-0.693147180560, -1.386294361120, -1.386294361120]
   // dy = [1, 2, 3], sum(dy) = 6; dx = dy - exp(y) * 6 = [1 - 3, 2 - 1.5, 3 - 1.5]
@@ -247,8 +240,8 @@ TEMPLATE_TEST_CASE("softmax.hpp: log_softmax_backward on a 1x3 example by hand",
 
 // ---- properties ------------------------------------------------------------------------
 
-TEMPLATE_TEST_CASE("softmax.hpp: rows sum to 1 and are shift invariant", "[ops][property]",
-                   float, double) {
+TEMPLATE_TEST_CASE("softmax.hpp: rows sum to 1 and are shift invariant", "[ops][property]", float,
+                   double) {
   using S = TestType;
   for (std::uint64_t seed = 1; seed <= 6; ++seed) {
     attend::Rng rng(seed);
@@ -342,8 +335,7 @@ TEST_CASE("softmax.hpp: backwards match central differences", "[ops][grad]") {
 
 // ---- error paths -----------------------------------------------------------------------
 
-TEMPLATE_TEST_CASE("softmax.hpp: NaN and +inf logits are rejected", "[ops][error]", float,
-                   double) {
+TEMPLATE_TEST_CASE("softmax.hpp: NaN and +inf logits are rejected", "[ops][error]", float, double) {
   using S = TestType;
   const S nan = std::numeric_limits<S>::quiet_NaN();
   Matrix<S> x(2, 3);
@@ -367,8 +359,8 @@ TEMPLATE_TEST_CASE("softmax.hpp: NaN and +inf logits are rejected", "[ops][error
   REQUIRE_THROWS_WITH(attend::softmax(y, blocked), "softmax: x has +inf at [1, 2]");
 }
 
-TEMPLATE_TEST_CASE("softmax.hpp: mask and gradient shape mismatches are rejected",
-                   "[ops][error]", float, double) {
+TEMPLATE_TEST_CASE("softmax.hpp: mask and gradient shape mismatches are rejected", "[ops][error]",
+                   float, double) {
   using S = TestType;
   const Matrix<S> x = Matrix<S>::Zero(2, 3);
   const BoolMatrix blocked = BoolMatrix::Constant(2, 2, false);

@@ -11,7 +11,7 @@
 #include <cmath>
 #include <cstdint>
 
-#include "common/png.hpp"
+#include "png.hpp"  // sibling header, found relative to this file
 
 namespace examples {
 

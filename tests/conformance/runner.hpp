@@ -368,27 +368,30 @@ void compare(const Case& c, const Outputs<S>& got, CaseResult& result) {
                       ", expected " + attend::detail::shape_string(want.shape());
       return;
     }
-    double worst_ratio = -1.0, worst_err = 0.0, worst_tol = 0.0, tensor_max = 0.0;
+    constexpr double inf = std::numeric_limits<double>::infinity();
+    double worst_ratio = -1.0, worst_key = 0.0, worst_err = 0.0, worst_tol = 0.0, tensor_max = 0.0;
     Index worst = -1;
     for (Index i = 0; i < want.size(); ++i) {
       const double w = want.flat()[i], g = have.flat()[i];
-      const double tol = c.atol + c.rtol * std::abs(w);
+      // rtol * |want| only when rtol > 0: 0 * inf would make the tolerance NaN.
+      const double tol = c.atol + (c.rtol > 0.0 ? c.rtol * std::abs(w) : 0.0);
       const double err = std::abs(g - w);
-      const bool ok = !std::isnan(g) && !std::isnan(w) && (g == w || err <= tol);
-      if (g != w) tensor_max = std::max(tensor_max, std::isnan(err) ? tensor_max : err);
-      if (!ok) {
-        const double ratio = std::isnan(err) || tol == 0.0 ? std::numeric_limits<double>::infinity()
-                                                           : err / tol;
-        // Ties (a zero tolerance makes every ratio infinite) go to the larger error.
-        const double key_err = std::isnan(err) ? std::numeric_limits<double>::infinity() : err;
-        const double worst_key = std::isnan(worst_err) ? std::numeric_limits<double>::infinity()
-                                                       : worst_err;
-        if (worst < 0 || ratio > worst_ratio || (ratio == worst_ratio && key_err > worst_key)) {
-          worst_ratio = ratio;
-          worst = i;
-          worst_err = std::isnan(err) ? std::numeric_limits<double>::quiet_NaN() : err;
-          worst_tol = tol;
-        }
+      // An infinity passes only when equal (as torch.isclose): |1 - inf| <= rtol * inf
+      // must not. NaN fails both tests.
+      const bool finite = std::isfinite(g) && std::isfinite(w);
+      if (g == w || (finite && err <= tol)) {
+        if (g != w) tensor_max = std::max(tensor_max, err);
+        continue;
+      }
+      const double ratio = !finite || tol == 0.0 ? inf : err / tol;
+      // Ties (a zero tolerance makes every ratio infinite) go to the larger error.
+      const double key = std::isnan(err) ? inf : err;
+      if (worst < 0 || ratio > worst_ratio || (ratio == worst_ratio && key > worst_key)) {
+        worst_ratio = ratio;
+        worst_key = key;
+        worst = i;
+        worst_err = err;
+        worst_tol = tol;
       }
     }
     if (worst >= 0) {
