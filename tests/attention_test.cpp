@@ -1229,6 +1229,14 @@ TEMPLATE_TEST_CASE("scaled_dot_product.hpp: NaN/Inf inputs and a non-finite scal
       attend::scaled_dot_product_attention(tq, tk, tv),
       "scaled_dot_product_attention: value has a non-finite value (nan) at [12, 1]");
   tv.fill(S(0));
+  Tensor<S> tq_bad = tq, tk_bad = tk;
+  tq_bad(0, 1, 2, 3) = inf<S>;  // row (0 * 2 + 1) * 3 + 2 = 5
+  tk_bad(1, 1, 0, 0) = nan;     // row (1 * 2 + 1) * 5 + 0 = 15
+  REQUIRE_THROWS_AS(attend::scaled_dot_product_attention(tq_bad, tk, tv), attend::value_error);
+  REQUIRE_THROWS_WITH(attend::scaled_dot_product_attention(tq_bad, tk, tv),
+                      "scaled_dot_product_attention: query has a non-finite value (inf) at [5, 3]");
+  REQUIRE_THROWS_WITH(attend::scaled_dot_product_attention(tq, tk_bad, tv),
+                      "scaled_dot_product_attention: key has a non-finite value (nan) at [15, 0]");
   REQUIRE_THROWS_WITH(attend::scaled_dot_product_attention(tq, tk, tv, Mask(), -inf<double>),
                       "scaled_dot_product_attention: scale is -inf, expected a finite value");
 }
@@ -1336,11 +1344,10 @@ TEST_CASE("mask.hpp: bad lengths, ranks and head counts are rejected", "[attenti
                       "or [B * num_heads, L, S] with num_heads = 1");
 }
 
-// Failing on purpose until mask.hpp is fixed: allow() and the converters built on it
-// (from_torch_sdpa, from_keras) forward to deny(), so their rank error names
-// "Mask::deny: blocked" instead of the function and argument the caller used.
+// Regression: allow() and the converters built on it (from_torch_sdpa, from_keras) used to
+// forward to deny(), so their rank error named "Mask::deny: blocked" instead of the caller.
 TEST_CASE("mask.hpp: allow-style converters name themselves in rank errors",
-          "[attention][error][bug]") {
+          "[attention][error][regression]") {
   REQUIRE_THROWS_AS(Mask::allow(Tensor<bool>({3})), attend::shape_error);
   CHECK_THROWS_WITH(Mask::allow(Tensor<bool>({3})),
                     "Mask::allow: allowed is [3], expected rank 2 to 4 broadcastable to [B, H, "
@@ -1450,4 +1457,50 @@ TEMPLATE_TEST_CASE("multihead.hpp: wrong query/key/value/mask shapes are rejecte
                       "MultiheadAttention::forward: key has a non-finite value (inf) at [0, 0]");
   REQUIRE_THROWS_WITH(fwd(q, kv, bad_kv),
                       "MultiheadAttention::forward: value has a non-finite value (inf) at [0, 0]");
+}
+
+// Regression: Mask::apply and is_blocked computed `i + offset`, which overflowed for an
+// offset near the Index maximum, so a mask that should block nothing blocked every key.
+TEMPLATE_TEST_CASE("mask.hpp: a causal offset near the Index maximum blocks nothing",
+                   "[attention][regression]", float, double) {
+  using S = TestType;
+  Rng rng(1);
+  const Matrix<S> x = random_matrix<S>(3, 2, rng);
+  const Mask huge = Mask::causal(std::numeric_limits<Index>::max());
+  CHECK_FALSE(huge.is_blocked(0, 0, 2, 2));
+  Matrix<S> w, w_plain;
+  attend::scaled_dot_product_attention(x, x, x, Mask(), std::nullopt, &w_plain);
+  attend::scaled_dot_product_attention(x, x, x, huge, std::nullopt, &w);
+  require_close(w, w_plain, 0.0);
+}
+
+// Regression: with d_k = 0 the default scale 1/sqrt(0) = inf turned the empty (0) scores
+// into 0 * inf = NaN. The library now rejects d_k = 0 without an explicit scale.
+TEMPLATE_TEST_CASE("scaled_dot_product.hpp: d_k = 0 never gives NaN", "[attention][regression]", float,
+                   double) {
+  using S = TestType;
+  const Matrix<S> q(2, 0), k(3, 0), v = Matrix<S>::Ones(3, 2);
+  Matrix<S> w;
+  bool finite = false;
+  try {
+    const Matrix<S> out = attend::scaled_dot_product_attention(q, k, v, Mask(), std::nullopt, &w);
+    finite = out.allFinite() && w.allFinite();
+  } catch (const attend::error&) {
+    finite = true;  // rejecting d_k = 0 at the door is fine too
+  }
+  CHECK(finite);
+}
+
+// Regression: with no keys (S = 0) the [L, 0] score rows reached maxCoeff() on an empty
+// row, which asserts. Every query has all of its (zero) keys masked, so by the library's
+// own rule its weights row is empty and its output row is zero.
+TEMPLATE_TEST_CASE("scaled_dot_product.hpp: no keys (S = 0) gives a zero output",
+                   "[attention][regression]", float, double) {
+  using S = TestType;
+  const Matrix<S> q = Matrix<S>::Ones(2, 3), k(0, 3), v(0, 2);
+  Matrix<S> w;
+  const Matrix<S> out = attend::scaled_dot_product_attention(q, k, v, Mask(), std::nullopt, &w);
+  CHECK(w.rows() == 2);
+  CHECK(w.cols() == 0);
+  require_close(out, Matrix<S>::Zero(2, 2), 0.0);
 }

@@ -12,8 +12,6 @@
 
 #include <cmath>
 #include <cstdint>
-#include <limits>
-#include <numeric>
 #include <stdexcept>
 #include <string>
 #include <type_traits>
@@ -90,8 +88,9 @@ TEMPLATE_TEST_CASE("tensor.hpp: construction, shape queries and dim(-1)", "[core
   const Tensor<S> empty;
   CHECK(empty.rank() == 0);
   CHECK(empty.size() == 0);
-  // Tensor::empty() is not checked here: its body calls Eigen::Matrix::empty(), which
-  // Eigen 3.4 does not have, so any call fails to compile (reported to the lead).
+  CHECK(empty.empty());
+  CHECK(Tensor<S>({2, 0, 3}).empty());  // a zero extent holds no elements
+  CHECK_FALSE(Tensor<S>({1}).empty());
 
   const Tensor<S> t({2, 3, 4}, S(1.5));
   CHECK(t.shape() == Shape{2, 3, 4});

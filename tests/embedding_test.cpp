@@ -427,13 +427,10 @@ TEMPLATE_TEST_CASE("positional.hpp: bad sizes, bases and offsets are rejected",
                       "SinusoidalPositionalEncoding::forward: positions [-1, 2) exceed max_len 5");
 }
 
-// Hidden ([.]) because it currently aborts the whole binary: with the largest Index as the
-// offset, `offset + x.rows()` in positional.hpp's forward overflows (undefined behaviour;
-// in practice it wraps negative), the range check passes, and middleRows() trips an
-// eigen_assert (an out-of-bounds read under NDEBUG). Run it by name once that is fixed
-// (check `offset > max_len() - x.rows()` instead), then drop the [.] tag.
+// Regression: with the largest Index as the offset, `offset + x.rows()` overflowed, the
+// range check passed and middleRows() read out of bounds. Now an index_error.
 TEST_CASE("positional.hpp: an offset near the Index maximum is rejected, not overflowed",
-          "[embedding][error][.][bug]") {
+          "[embedding][error][regression]") {
   const SinusoidalPositionalEncoding<double> pos(5, 4);
   const Matrix<double> x = Matrix<double>::Zero(1, 4);
   const Index huge = std::numeric_limits<Index>::max();

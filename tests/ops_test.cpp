@@ -375,3 +375,17 @@ TEMPLATE_TEST_CASE("softmax.hpp: mask and gradient shape mismatches are rejected
   REQUIRE_THROWS_WITH(attend::log_softmax_backward(x, dy),
                       "log_softmax_backward: dy is [3, 2], expected [2, 3]");
 }
+
+// Regression: maxCoeff() on an empty row asserts; torch.softmax of a [2, 0] tensor returns
+// [2, 0], and so does attend now.
+TEMPLATE_TEST_CASE("softmax.hpp: rows with no columns give an empty result", "[ops][regression]", float,
+                   double) {
+  using S = TestType;
+  const Matrix<S> x(2, 0);
+  const Matrix<S> y = attend::softmax(x);
+  CHECK(y.rows() == 2);
+  CHECK(y.cols() == 0);
+  const Matrix<S> ly = attend::log_softmax(x);
+  CHECK(ly.rows() == 2);
+  CHECK(ly.cols() == 0);
+}

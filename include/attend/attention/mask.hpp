@@ -79,18 +79,14 @@ class Mask {
 
   /// Deny matrix: true = blocked. \param blocked broadcastable to [B, H, L, S] (rank 2-4).
   static Mask deny(const Tensor<bool>& blocked) {
-    Mask m;
-    m.blocked_ = to_rank4(blocked, "Mask::deny", "blocked");
-    return m;
+    return deny_named(blocked, "Mask::deny", "blocked");
   }
   /// Deny matrix `[L, S]`: true = blocked.
   static Mask deny(const BoolMatrix& blocked) { return deny(Tensor<bool>::from_matrix(blocked)); }
 
   /// Allow matrix: true = may attend. \param allowed broadcastable to [B, H, L, S].
   static Mask allow(const Tensor<bool>& allowed) {
-    Tensor<bool> blocked = allowed;
-    blocked.flat() = allowed.flat().unaryExpr([](bool a) { return !a; });
-    return deny(blocked);
+    return allow_named(allowed, "Mask::allow", "allowed");
   }
   /// Allow matrix `[L, S]`: true = may attend.
   static Mask allow(const BoolMatrix& allowed) { return allow(Tensor<bool>::from_matrix(allowed)); }
@@ -144,10 +140,13 @@ class Mask {
     return additive(split_heads(attn_mask, num_heads, "Mask::from_torch_mha_additive"));
   }
   /// PyTorch `F.scaled_dot_product_attention` bool `attn_mask` (true = attend).
-  static Mask from_torch_sdpa(const Tensor<bool>& attn_mask) { return allow(attn_mask); }
+  static Mask from_torch_sdpa(const Tensor<bool>& attn_mask) {
+    return allow_named(attn_mask, "Mask::from_torch_sdpa", "attn_mask");
+  }
   /// Keras attention mask (1 = attend, 0 = blocked); any value other than 0/1 is an error.
   template <typename T>
   static Mask from_keras(const Tensor<T>& mask) {
+    to_rank4(mask, "Mask::from_keras", "mask");  // rank check before the value scan
     Tensor<bool> allowed(mask.shape(), false);
     for (Index i = 0; i < mask.size(); ++i) {
       const T v = mask.flat()[i];
@@ -157,7 +156,7 @@ class Mask {
       }
       allowed.flat()[i] = v == T(1);
     }
-    return allow(allowed);
+    return allow_named(allowed, "Mask::from_keras", "mask");
   }
   /// Additive 0/-inf mask (any finite value is added as a bias).
   template <typename T>
@@ -214,7 +213,7 @@ class Mask {
 
   /// Whether (b, h, i, j) is blocked (assumes `check` passed).
   bool is_blocked(Index b, Index h, Index i, Index j) const {
-    if (causal_offset_ && j > i + *causal_offset_) return true;
+    if (causal_offset_ && j - i > clamped_offset()) return true;
     return blocked_ && at(*blocked_, b, h, i, j);
   }
 
@@ -239,14 +238,33 @@ class Mask {
     }
     if (causal_offset_) {
       for (Index r = 0; r < tile.rows(); ++r) {
-        // keys j > i + offset are in the future of query i
-        const Index first_future = row0 + r + *causal_offset_ + 1 - col0;
+        // keys j > i + offset are in the future of query i (offset clamped: no overflow)
+        const Index first_future = row0 + r + clamped_offset() + 1 - col0;
         for (Index c = std::max<Index>(first_future, 0); c < tile.cols(); ++c) tile(r, c) = neg_inf;
       }
     }
   }
 
  private:
+  // Offsets beyond +-2^40 behave like +-2^40 for any realistic L and S; clamping keeps the
+  // causal arithmetic i + offset free of overflow.
+  Index clamped_offset() const {
+    constexpr Index limit = Index(1) << 40;
+    return std::clamp<Index>(*causal_offset_, -limit, limit);
+  }
+
+  static Mask deny_named(const Tensor<bool>& blocked, const char* who, const char* arg) {
+    Mask m;
+    m.blocked_ = to_rank4(blocked, who, arg);
+    return m;
+  }
+
+  static Mask allow_named(const Tensor<bool>& allowed, const char* who, const char* arg) {
+    Tensor<bool> blocked = allowed;
+    blocked.flat() = allowed.flat().unaryExpr([](bool a) { return !a; });
+    return deny_named(blocked, who, arg);
+  }
+
   template <typename T>
   static T at(const Tensor<T>& t, Index b, Index h, Index i, Index j) {
     const Shape& s = t.shape();

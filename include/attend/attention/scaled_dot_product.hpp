@@ -42,7 +42,13 @@ void check_finite(const Eigen::MatrixBase<Derived>& x, const std::string& who,
 
 /// The scale to use: given, or 1/sqrt(d_k). Throws value_error when not finite.
 inline double attention_scale(std::optional<double> scale, Index d_k, const std::string& who) {
-  if (!scale) return 1.0 / std::sqrt(static_cast<double>(d_k));
+  if (!scale) {
+    if (d_k == 0) {
+      throw shape_error(who + ": query has d_k = 0, so the default scale 1/sqrt(d_k) is "
+                              "undefined; pass a scale");
+    }
+    return 1.0 / std::sqrt(static_cast<double>(d_k));
+  }
   if (!std::isfinite(*scale)) {
     throw value_error(who + ": scale is " + std::to_string(*scale) + ", expected a finite value");
   }

@@ -82,7 +82,7 @@ class Tensor {
   const Shape& shape() const noexcept { return shape_; }
   Index rank() const noexcept { return static_cast<Index>(shape_.size()); }
   Index size() const noexcept { return data_.size(); }
-  bool empty() const noexcept { return data_.empty(); }
+  bool empty() const noexcept { return data_.size() == 0; }
 
   /// Extent of dimension `i`; negative `i` counts from the end, as in PyTorch.
   /// \throws index_error when `i` is out of range.

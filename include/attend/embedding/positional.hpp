@@ -94,7 +94,7 @@ class SinusoidalPositionalEncoding {
       throw shape_error("SinusoidalPositionalEncoding::forward: x is " + detail::matrix_shape(x) +
                         ", expected [L, " + std::to_string(d_model()) + "]");
     }
-    if (offset < 0 || offset + x.rows() > max_len()) {
+    if (offset < 0 || offset > max_len() - x.rows()) {  // no overflow of offset + L
       throw index_error("SinusoidalPositionalEncoding::forward: positions [" +
                         std::to_string(offset) + ", " + std::to_string(offset + x.rows()) +
                         ") exceed max_len " + std::to_string(max_len()));

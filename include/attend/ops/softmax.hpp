@@ -34,6 +34,7 @@ void check_logits(const Eigen::MatrixBase<Derived>& x, const char* who, const ch
 /// becomes all zeros. Inputs are trusted (no NaN, no +inf).
 template <typename S>
 void softmax_rows_inplace(MatrixRef<S> x) {
+  if (x.cols() == 0) return;  // rows with no entries: nothing to normalise
   for (Index i = 0; i < x.rows(); ++i) {
     auto row = x.row(i);
     const S m = row.maxCoeff();
@@ -103,6 +104,7 @@ Matrix<typename Derived::Scalar> log_softmax(const Eigen::MatrixBase<Derived>& x
   static_assert(is_supported_scalar_v<S>, "attend::log_softmax: Scalar must be float or double");
   detail::check_logits(x, "log_softmax", "x");
   Matrix<S> y(x.rows(), x.cols());
+  if (x.cols() == 0) return y;  // rows with no entries
   for (Index i = 0; i < x.rows(); ++i) {
     const S m = x.row(i).maxCoeff();
     if (m == -std::numeric_limits<S>::infinity()) {
