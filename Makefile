@@ -4,6 +4,7 @@
 #   make test          install deps, build and run the whole suite with g++, then clang++
 #   make demo          build the examples and run the tour (or every example)
 #   make bench         Release build of attend-bench, results in build/bench.json
+#   make umbrella      regenerate include/attend/attend.hpp after adding a header
 #   make format        clang-format every source in place; make format-check only reports
 #   make clean         remove build/
 
@@ -18,7 +19,7 @@ EXAMPLES := $(basename $(notdir $(wildcard examples/*.cpp)))
 SOURCES   = $(shell find include tests examples bench \( -name '*.hpp' -o -name '*.cpp' \) \
                   -not -path 'tests/data/*')
 
-.PHONY: all deps test test-gcc test-clang demo bench format format-check clean
+.PHONY: all deps test test-gcc test-clang demo bench umbrella format format-check clean
 
 all: test
 
@@ -63,6 +64,9 @@ bench: deps
 	$(CMAKE) --build $(BUILD)/release -j $(JOBS) --target attend-bench
 	$(BUILD)/release/bin/attend-bench --benchmark_out=$(BUILD)/bench.json \
 	  --benchmark_out_format=json
+
+umbrella:
+	bash scripts/gen-umbrella.sh
 
 format:
 	clang-format -i --style=file $(SOURCES)

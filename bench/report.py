@@ -51,12 +51,13 @@ always taken between rows of the same run.
 
 ## attend-bench
 
-Medians of {repetitions} repetitions. *GFLOP/s* is FLOP per second of CPU time (Google
-Benchmark's rate); *wall GFLOP/s* per second of wall clock. *x Sgemm* is the row's
-GFLOP/s over `{baseline}`'s from the same run (OpenBLAS, one thread). *CPU share* is
-CPU time / wall time: below {cpu_share_warn} the process was waiting for a core
-(marked with \\*). *cv* is the coefficient of variation of the wall time over the
-repetitions.
+Medians of {repetitions} repetitions, interleaved at random across benchmarks (when run
+as below) so that a change in machine load hits every row alike. *GFLOP/s* is FLOP per
+second of CPU time (Google Benchmark's rate); *wall GFLOP/s* per second of wall clock.
+*x Sgemm* is the row's GFLOP/s over `{baseline}`'s from the same run (OpenBLAS, one
+thread). *CPU share* is CPU time / wall time: below {cpu_share_warn} the process was
+waiting for a core (marked with \\*). *cv* is the coefficient of variation of the CPU
+time over the repetitions.
 
 {bench_table}
 {fused_section}
@@ -81,9 +82,9 @@ are the 2048^3 GEMMs of the same attend-bench run.
 CXX=g++ cmake -S . -B build/release -DCMAKE_BUILD_TYPE=Release \\
   -DATTEND_BUILD_TESTS=OFF -DATTEND_BUILD_EXAMPLES=OFF -DATTEND_NATIVE=ON
 cmake --build build/release -j 2 --target attend-bench
-# 2. attend-bench, 3 repetitions, medians
+# 2. attend-bench, 3 repetitions interleaved at random across benchmarks, medians
 build/release/bin/attend-bench --benchmark_repetitions=3 \\
-  --benchmark_report_aggregates_only=true \\
+  --benchmark_enable_random_interleaving=true --benchmark_report_aggregates_only=true \\
   --benchmark_out=build/bench.json --benchmark_out_format=json
 # 3. PyTorch on the same shapes, 1 and 2 threads (Debian's python3-torch)
 /usr/bin/python3 bench/torch_bench.py --out build/torch_bench.json
@@ -158,7 +159,7 @@ def medians(doc):
     if rows:
         for b in doc.get("benchmarks", []):
             if b.get("aggregate_name") == "cv" and b["run_name"] in rows:
-                rows[b["run_name"]]["cv"] = b.get("real_time")
+                rows[b["run_name"]]["cv"] = b.get("cpu_time")
         return rows
     groups = {}
     for b in doc.get("benchmarks", []):
@@ -451,9 +452,14 @@ def summary(rows, torch_rows):
         if not pts:
             continue
         best = max(pts, key=lambda p: p[1])
-        lines.append(f"- {what} ({fam}): {pts[0][1]:.1f} GFLOP/s at L = {pts[0][0]}, best "
-                     f"{best[1]:.1f} at L = {best[0]}, {pts[-1][1]:.1f} at L = {pts[-1][0]}; "
-                     f"{ratio(min(p[1] for p in pts), base)} to {ratio(best[1], base)} x sgemm.")
+        peak = "" if best in (pts[0], pts[-1]) else f" (peak {best[1]:.1f} at L = {best[0]})"
+        lines.append(f"- {what} ({fam}): {pts[0][1]:.1f} GFLOP/s at L = {pts[0][0]} down to "
+                     f"{pts[-1][1]:.1f} at L = {pts[-1][0]}{peak}, i.e. "
+                     f"{ratio(pts[0][1], base)} to {ratio(pts[-1][1], base)} x sgemm."
+                     if pts[-1][1] <= pts[0][1] else
+                     f"- {what} ({fam}): {pts[0][1]:.1f} GFLOP/s at L = {pts[0][0]} up to "
+                     f"{pts[-1][1]:.1f} at L = {pts[-1][0]}{peak}, i.e. "
+                     f"{ratio(pts[0][1], base)} to {ratio(pts[-1][1], base)} x sgemm.")
     by = {}
     for name, r in torch_rows.items():
         if r.get("torch_threads") == 1:
@@ -469,6 +475,12 @@ def summary(rows, torch_rows):
         if rs:
             lines.append(f"- Against PyTorch's {what} on one thread, attend runs at "
                          f"{min(rs):.2f} to {max(rs):.2f} x its GFLOP/s.")
+    mm = {r.get("torch_threads"): r for n, r in torch_rows.items()
+          if family_and_arg(n)[0] == "Torch_Mm"}
+    if mm.get(1, {}).get("gflops_wall") and mm.get(2, {}).get("gflops_wall"):
+        lines.append(f"- Two threads gave torch.mm {ratio(mm[2]['gflops_wall'], mm[1]['gflops_wall'])}"
+                     f" x its one-thread wall-clock rate (2 on an idle machine): read the "
+                     f"two-thread columns with that in mind.")
     return "\n".join(lines) if lines else "- (no results)"
 
 

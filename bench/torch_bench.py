@@ -166,10 +166,9 @@ def worker(threads, min_time, repetitions, filt):
               f"{flop / med / 1e9:8.2f} GFLOP/s (wall)", file=sys.stderr, flush=True)
 
     with torch.no_grad():
-        a = torch.rand(GEMM_N, GEMM_N) * 2 - 1
-        b = torch.rand(GEMM_N, GEMM_N) * 2 - 1
+        a, b = (torch.rand(GEMM_N, GEMM_N) * 2 - 1 for _ in range(2))
         run(f"Torch_Mm/{GEMM_N}", f"BM_Sgemm/{GEMM_N}", gemm_flops(GEMM_N),
-            lambda: torch.mm(a, b))
+            lambda a=a, b=b: torch.mm(a, b))
         del a, b
 
         scale = 1.0 / math.sqrt(SDPA_D)

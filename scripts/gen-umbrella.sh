@@ -7,8 +7,9 @@
 #
 # The umbrella includes every header under include/attend except attend.hpp itself and
 # *_impl.hpp files, in dependency order: a header comes after every attend header it
-# includes (directly, or through its _impl file). Among headers that are ready, the folder
-# order of DESIGN.md decides, then the path, so the output is stable.
+# includes (directly, or through its _impl file). Folders stay together where the
+# dependencies allow: folders are ordered by their dependencies first (DESIGN.md's order
+# breaks ties and cycles), then headers within that order, path order breaking ties.
 set -euo pipefail
 
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -23,11 +24,17 @@ case "${1:-}" in
   *) echo "usage: $0 [--check]" >&2; exit 2 ;;
 esac
 
-# Sort key "<folder rank> <path>": known folders in DESIGN.md order, anything else after.
+# attend/<folder>/x.hpp -> <folder>; a header directly in attend/ -> "attend".
+folder_of() {
+  local rest="${1#attend/}"
+  [[ "$rest" == */* ]] && echo "${rest%%/*}" || echo attend
+}
+
+# DESIGN.md's rank of a folder, as two digits; unknown folders after the known ones.
 rank_of() {
-  local path="$1" i
+  local i
   for i in "${!folders[@]}"; do
-    [[ "$path" == "attend/${folders[$i]}/"* ]] && { printf '%02d' "$i"; return; }
+    [[ "$1" == "${folders[$i]}" ]] && { printf '%02d' "$i"; return; }
   done
   printf '99'
 }
@@ -49,42 +56,74 @@ deps_of() {
 
 mapfile -t headers < <(
   cd "$include_dir" &&
-    find attend -name '*.hpp' ! -name '*_impl.hpp' ! -path attend/attend.hpp |
-    while read -r h; do echo "$(rank_of "$h") $h"; done | LC_ALL=C sort | cut -d' ' -f2-
+    find attend -name '*.hpp' ! -name '*_impl.hpp' ! -path attend/attend.hpp | LC_ALL=C sort
 )
 
-declare -A deps emitted
+# deps[h]: the in-tree attend headers h needs (h itself excluded: its _impl includes it).
+declare -A deps folder_deps
 for h in "${headers[@]}"; do
-  # grep drops the header itself, which its own _impl file includes back.
-  deps[$h]="$(deps_of "$h" | grep -vxF "$h" | LC_ALL=C sort -u | tr '\n' ' ' || true)"
+  list=""
+  while read -r d; do
+    [[ -n "$d" && "$d" != "$h" && -f "$include_dir/$d" ]] && list+="$d "
+  done < <(deps_of "$h" | LC_ALL=C sort -u)
+  deps[$h]="$list"
+  f="$(folder_of "$h")"
+  for d in $list; do
+    g="$(folder_of "$d")"
+    [[ "$g" != "$f" ]] && folder_deps[$f]+="$g "
+  done
 done
 
-# Kahn's algorithm: repeatedly emit the first header (in sort order) whose deps are out.
-order=()
-while ((${#order[@]} < ${#headers[@]})); do
-  progress=0
-  for h in "${headers[@]}"; do
-    [[ -n "${emitted[$h]:-}" ]] && continue
-    ready=1
-    for d in ${deps[$h]}; do
-      if [[ -z "${emitted[$d]:-}" ]]; then
-        # A dependency outside the tree is the compiler's problem, not the order's.
-        [[ -f "$include_dir/$d" ]] && { ready=0; break; }
-      fi
+# Kahn's algorithm over $1 (a name of an array of nodes, in preference order) with
+# dependencies in the assoc array named $2: emit the first node whose dependencies are
+# all out. When none is ready: with $3 = strict, report a cycle and fail; otherwise emit
+# the first remaining node anyway (a folder cycle is resolved at the header level).
+topo_sort() {
+  local -n nodes_ref="$1" deps_ref="$2"
+  local -A out=()
+  local node dep ready picked
+  while ((${#out[@]} < ${#nodes_ref[@]})); do
+    picked=""
+    for node in "${nodes_ref[@]}"; do
+      [[ -n "${out[$node]:-}" ]] && continue
+      ready=1
+      for dep in ${deps_ref[$node]:-}; do
+        [[ -z "${out[$dep]:-}" ]] && { ready=0; break; }
+      done
+      if ((ready)); then picked="$node"; break; fi
+      [[ "$3" != strict && -z "$picked" ]] && picked="-$node"
     done
-    if ((ready)); then
-      order+=("$h")
-      emitted[$h]=1
-      progress=1
-      break
+    if [[ -z "$picked" ]]; then
+      echo "gen-umbrella.sh: include cycle among:" >&2
+      for node in "${nodes_ref[@]}"; do
+        [[ -z "${out[$node]:-}" ]] && echo "  $node -> ${deps_ref[$node]:-}" >&2
+      done
+      return 1
     fi
+    if [[ "$picked" == -* && "$3" != strict ]]; then
+      picked="${picked#-}"
+    fi
+    out[$picked]=1
+    echo "$picked"
   done
-  if ((!progress)); then
-    echo "gen-umbrella.sh: include cycle among:" >&2
-    for h in "${headers[@]}"; do [[ -z "${emitted[$h]:-}" ]] && echo "  $h -> ${deps[$h]}" >&2; done
-    exit 1
-  fi
-done
+}
+
+# 1. Folders, by their dependencies, DESIGN.md order breaking ties and cycles.
+mapfile -t all_folders < <(
+  for h in "${headers[@]}"; do f="$(folder_of "$h")"; echo "$(rank_of "$f") $f"; done |
+    LC_ALL=C sort -u | cut -d' ' -f2-
+)
+mapfile -t folder_order < <(topo_sort all_folders folder_deps loose)
+declare -A folder_pos
+for i in "${!folder_order[@]}"; do folder_pos[${folder_order[$i]}]="$(printf '%02d' "$i")"; done
+
+# 2. Headers: in folder order, then path order, each after its dependencies.
+mapfile -t candidates < <(
+  for h in "${headers[@]}"; do echo "${folder_pos[$(folder_of "$h")]} $h"; done |
+    LC_ALL=C sort | cut -d' ' -f2-
+)
+order_text="$(topo_sort candidates deps strict)" || exit 1
+mapfile -t order <<<"$order_text"
 
 generated="$(
   echo '// SPDX-License-Identifier: MIT'
@@ -96,8 +135,7 @@ generated="$(
   echo '// clang-format off'
   previous=""
   for h in "${order[@]}"; do
-    folder="${h#attend/}"
-    folder="${folder%%/*}"
+    folder="$(folder_of "$h")"
     if [[ -n "$previous" && "$folder" != "$previous" ]]; then echo; fi
     previous="$folder"
     echo "#include \"$h\""

@@ -1,7 +1,5 @@
 // SPDX-License-Identifier: MIT
 // Tests that the conformance runner (tests/conformance/runner.hpp) follows every FIXTURES.md rule.
-#include "conformance/runner.hpp"
-
 #include "attend/io/safetensors.hpp"
 #include "attend/io/safetensors_writer.hpp"
 
@@ -16,6 +14,8 @@
 #include <type_traits>
 #include <utility>
 #include <vector>
+
+#include "conformance/runner.hpp"
 
 namespace {
 
@@ -92,9 +92,12 @@ class CaseFile {
 /// "PASS", "FAIL <detail>" or "UNSUPPORTED <detail>": one string Catch prints on failure.
 std::string verdict(const CaseResult& r) {
   switch (r.status) {
-    case CaseResult::Status::pass: return "PASS";
-    case CaseResult::Status::fail: return "FAIL " + r.detail;
-    case CaseResult::Status::unsupported: return "UNSUPPORTED " + r.detail;
+    case CaseResult::Status::pass:
+      return "PASS";
+    case CaseResult::Status::fail:
+      return "FAIL " + r.detail;
+    case CaseResult::Status::unsupported:
+      return "UNSUPPORTED " + r.detail;
   }
   return "?";
 }
@@ -106,7 +109,8 @@ std::string run_bytes(Bytes bytes) {
 /// A safetensors file from a hand-written header and data buffer.
 Bytes raw_file(const std::string& header, const Bytes& data) {
   Bytes out(8);
-  for (int k = 0; k < 8; ++k) out[k] = static_cast<std::uint8_t>(std::uint64_t{header.size()} >> (8 * k));
+  for (int k = 0; k < 8; ++k)
+    out[k] = static_cast<std::uint8_t>(std::uint64_t{header.size()} >> (8 * k));
   out.insert(out.end(), header.begin(), header.end());
   out.insert(out.end(), data.begin(), data.end());
   return out;
@@ -170,7 +174,7 @@ CaseFile mha_case(const std::string& options, Index B) {
 }
 
 const std::string kMhaOptions = R"({"embed_dim": 2, "num_heads": 2})";
-const std::vector<double> kMhaOutput = {12.75, 29, 12.5, 29.5};       // [L = 2, B = 1, E = 2]
+const std::vector<double> kMhaOutput = {12.75, 29, 12.5, 29.5};            // [L = 2, B = 1, E = 2]
 const std::vector<double> kMhaWeights = {5. / 8, 3. / 8, 3. / 8, 5. / 8};  // [B = 1, L, S]
 
 // --- scaled dot-product attention with zero queries ----------------------------------
@@ -265,7 +269,8 @@ TEMPLATE_TEST_CASE("runner: scaled_dot_product_attention hand case, scale defaul
     c.add<S>("input.query", {1, 1, 4}, {2 * kLn3, 0, 0, 0});
     c.add<S>("input.key", {1, 2, 4}, {0, 0, 0, 0, 1, 0, 0, 0});
     c.add<S>("input.value", {1, 2, 2}, {4, 0, 0, 8});
-    c.add<S>("expected.attn_weights", {1, 1, 2}, w).template add<S>("expected.output", {1, 1, 2}, out);
+    c.add<S>("expected.attn_weights", {1, 1, 2}, w)
+        .template add<S>("expected.output", {1, 1, 2}, out);
     return c.run();
   };
   CHECK(verdict(sdpa("", {0.25, 0.75}, {1, 6})) == "PASS");
@@ -279,7 +284,8 @@ TEMPLATE_TEST_CASE("runner: scaled_dot_product_attention hand case, scale defaul
   c.add<S>("input.query", {1, 4}, {2 * kLn3, 0, 0, 0});
   c.add<S>("input.key", {2, 4}, {0, 0, 0, 0, 1, 0, 0, 0});
   c.add<S>("input.value", {2, 2}, {4, 0, 0, 8});
-  c.add<S>("expected.attn_weights", {1, 2}, {0.25, 0.75}).template add<S>("expected.output", {1, 2}, {1, 6});
+  c.add<S>("expected.attn_weights", {1, 2}, {0.25, 0.75})
+      .template add<S>("expected.output", {1, 2}, {1, 6});
   CHECK(verdict(c.run()) == "PASS");
 }
 
@@ -310,17 +316,21 @@ TEMPLATE_TEST_CASE("runner: multihead_attention hand case, options default as in
         "UNSUPPORTED output 'attn_weights' of multihead_attention");
 
   // Per-head weights [B, H, L, S], and need_weights false with only the output expected.
-  CaseFile per_head = mha_case<S>(R"({"embed_dim": 2, "num_heads": 2, "average_attn_weights": false})", 1);
+  CaseFile per_head =
+      mha_case<S>(R"({"embed_dim": 2, "num_heads": 2, "average_attn_weights": false})", 1);
   per_head.add<S>("expected.output", {2, 1, 2}, kMhaOutput);
-  per_head.add<S>("expected.attn_weights", {1, 2, 2, 2}, {0.75, 0.25, 0.5, 0.5, 0.5, 0.5, 0.25, 0.75});
+  per_head.add<S>("expected.attn_weights", {1, 2, 2, 2},
+                  {0.75, 0.25, 0.5, 0.5, 0.5, 0.5, 0.25, 0.75});
   CHECK(verdict(per_head.run()) == "PASS");
-  CaseFile no_weights = mha_case<S>(R"({"embed_dim": 2, "num_heads": 2, "need_weights": false})", 1);
+  CaseFile no_weights =
+      mha_case<S>(R"({"embed_dim": 2, "num_heads": 2, "need_weights": false})", 1);
   no_weights.add<S>("expected.output", {2, 1, 2}, kMhaOutput);
   CHECK(verdict(no_weights.run()) == "PASS");
 
   // Cross-attention with explicit key and value equal to the query gives the same result.
   CaseFile cross = mha_case<S>(kMhaOptions, 1);
-  cross.add<S>("input.key", {2, 1, 2}, {1, 0, 0, 1}).template add<S>("input.value", {2, 1, 2}, {1, 0, 0, 1});
+  cross.add<S>("input.key", {2, 1, 2}, {1, 0, 0, 1})
+      .template add<S>("input.value", {2, 1, 2}, {1, 0, 0, 1});
   cross.add<S>("expected.output", {2, 1, 2}, kMhaOutput);
   CHECK(verdict(cross.run()) == "PASS");
 }
@@ -345,8 +355,9 @@ TEMPLATE_TEST_CASE("runner: embedding hand case passes exactly", "[conformance]"
         "FAIL weight is [3, 2], expected [4, 2]");
 }
 
-TEMPLATE_TEST_CASE("runner: sinusoidal_positional_encoding hand case, layout defaults to interleaved",
-                   "[conformance]", float, double) {
+TEMPLATE_TEST_CASE(
+    "runner: sinusoidal_positional_encoding hand case, layout defaults to interleaved",
+    "[conformance]", float, double) {
   using S = TestType;
   // d_model 4: w_0 = 1, w_1 = 1 / 10000^(2/4) = 1/100. Interleaved row p:
   // [sin p, cos p, sin(p/100), cos(p/100)]; concatenated: [sin p, sin(p/100), cos p, cos(p/100)].
@@ -370,11 +381,13 @@ TEMPLATE_TEST_CASE("runner: sinusoidal_positional_encoding hand case, layout def
   const std::string base = R"({"max_len": 3, "d_model": 4)";
   CHECK(table(true, 0)[0] == 0.0);  // row 0 is [0, 1, 0, 1]
   CHECK(with(base + "}", table(true, 0)) == "PASS");
-  CHECK(with(base + R"(, "layout": "interleaved", "first_position": 0})", table(true, 0)) == "PASS");
+  CHECK(with(base + R"(, "layout": "interleaved", "first_position": 0})", table(true, 0)) ==
+        "PASS");
   CHECK(with(base + R"(, "layout": "concatenated"})", table(false, 0)) == "PASS");
   CHECK(with(base + R"(, "first_position": 1})", table(true, 1)) == "PASS");
   CHECK_THAT(with(base + "}", table(false, 0)), StartsWith("FAIL expected.output: "));
-  CHECK(with(base + R"(, "layout": "diagonal"})", table(true, 0)) == "UNSUPPORTED layout 'diagonal'");
+  CHECK(with(base + R"(, "layout": "diagonal"})", table(true, 0)) ==
+        "UNSUPPORTED layout 'diagonal'");
 }
 
 // ======================================================================================
@@ -402,8 +415,9 @@ TEMPLATE_TEST_CASE("runner: a value passes up to atol + rtol * |want| and fails 
   const CaseResult near = check(0.5 + std::ldexp(1.0, -20), "0", "1e-06");
   REQUIRE(verdict(near) == "PASS");
   CHECK(near.max_abs_err == std::ldexp(1.0, -20));  // PASS reports the largest |got - want|
-  CHECK_THAT(verdict(check(0.5 + std::ldexp(1.0, -19), "0", "1e-06")),
-             StartsWith("FAIL expected.output: max_abs_err=1.907e-06 at [0, 0] (tolerance 1.000e-06)"));
+  CHECK_THAT(
+      verdict(check(0.5 + std::ldexp(1.0, -19), "0", "1e-06")),
+      StartsWith("FAIL expected.output: max_abs_err=1.907e-06 at [0, 0] (tolerance 1.000e-06)"));
   // got == want passes with rtol = atol = 0.
   const CaseResult exact = check(0.5, kExact, kExact);
   REQUIRE(verdict(exact) == "PASS");
@@ -420,14 +434,17 @@ TEMPLATE_TEST_CASE("runner: FAIL names the element with the largest err / tolera
   //   [1, 1] want 0.05: err 0.45, tol 0.005, ratio 90   (the largest ratio: reported)
   const CaseResult r =
       softmax_case<S>({2, 2}, {0, 0, 0, 0}, {0.5, 0.6, 10, 0.05}, "0.1", "0").run();
-  CHECK(verdict(r) == "FAIL expected.output: max_abs_err=4.500e-01 at [1, 1] (tolerance 5.000e-03)");
+  CHECK(verdict(r) ==
+        "FAIL expected.output: max_abs_err=4.500e-01 at [1, 1] (tolerance 5.000e-03)");
   // The index has one entry per dimension: [2, 1, 2], worst at [1, 0, 1].
-  CHECK(verdict(softmax_case<S>({2, 1, 2}, {0, 0, 0, 0}, {0.5, 0.6, 0.5, 0.05}, "0.1", "0").run()) ==
-        "FAIL expected.output: max_abs_err=4.500e-01 at [1, 0, 1] (tolerance 5.000e-03)");
+  CHECK(
+      verdict(softmax_case<S>({2, 1, 2}, {0, 0, 0, 0}, {0.5, 0.6, 0.5, 0.05}, "0.1", "0").run()) ==
+      "FAIL expected.output: max_abs_err=4.500e-01 at [1, 0, 1] (tolerance 5.000e-03)");
   // With a zero tolerance every ratio is infinite; the larger error wins the tie.
   CHECK(verdict(softmax_case<S>({1, 3}, {0, 0, 0}, {1. / 3 + 0.25, 1. / 3 + 0.5, 1. / 3 - 0.125},
                                 kExact, kExact)
-                    .run()) == "FAIL expected.output: max_abs_err=5.000e-01 at [0, 1] (tolerance 0.000e+00)");
+                    .run()) ==
+        "FAIL expected.output: max_abs_err=5.000e-01 at [0, 1] (tolerance 0.000e+00)");
 }
 
 TEMPLATE_TEST_CASE("runner: FAIL names the first failing tensor", "[conformance]", float, double) {
@@ -438,11 +455,13 @@ TEMPLATE_TEST_CASE("runner: FAIL names the first failing tensor", "[conformance]
     CaseFile c("scaled_dot_product_attention", "", kExact, kExact);
     c.add<S>("input.query", {1, 1}, {1}).template add<S>("input.key", {2, 1}, {1, 1});
     c.add<S>("input.value", {2, 1}, {2, 6});
-    c.add<S>("expected.attn_weights", {1, 2}, {w0, 0.5}).template add<S>("expected.output", {1, 1}, {out});
+    c.add<S>("expected.attn_weights", {1, 2}, {w0, 0.5})
+        .template add<S>("expected.output", {1, 1}, {out});
     return verdict(c.run());
   };
   CHECK(sdpa(0.5, 4) == "PASS");
-  CHECK(sdpa(0.5, 4.5) == "FAIL expected.output: max_abs_err=5.000e-01 at [0, 0] (tolerance 0.000e+00)");
+  CHECK(sdpa(0.5, 4.5) ==
+        "FAIL expected.output: max_abs_err=5.000e-01 at [0, 0] (tolerance 0.000e+00)");
   CHECK(sdpa(0.25, 4.5) ==
         "FAIL expected.attn_weights: max_abs_err=2.500e-01 at [0, 0] (tolerance 0.000e+00)");
 }
@@ -464,9 +483,11 @@ TEMPLATE_TEST_CASE("runner: NaN never passes; equal infinities pass", "[conforma
   const auto overflow = [big](double want) {
     CaseFile c("multihead_attention", R"({"embed_dim": 1, "num_heads": 1, "bias": false})", kExact,
                kExact);
-    c.add<S>("in_proj_weight", {3, 1}, {0, 0, big}).template add<S>("out_proj.weight", {1, 1}, {big});
+    c.add<S>("in_proj_weight", {3, 1}, {0, 0, big})
+        .template add<S>("out_proj.weight", {1, 1}, {big});
     c.add<S>("input.query", {1, 1, 1}, {2});
-    c.add<S>("expected.output", {1, 1, 1}, {want}).template add<S>("expected.attn_weights", {1, 1, 1}, {1});
+    c.add<S>("expected.output", {1, 1, 1}, {want})
+        .template add<S>("expected.attn_weights", {1, 1, 1}, {1});
     return c.run();
   };
   const CaseResult r = overflow(kInf);
@@ -578,21 +599,22 @@ TEMPLATE_TEST_CASE("runner: SDPA masks, BOOL and I64 alike, true = masked out, b
     const double row0[] = {0, kLn2, -kInf}, row1[] = {-kInf, 0, 0};
     return i == 0 ? row0[j] : row1[j];
   };
-  CHECK(verdict(with_mask(zero_query_attention(finite), S{}, {kL, kS}, {0, kLn2, -kInf, -kInf, 0, 0})) ==
-        "PASS");
+  CHECK(verdict(with_mask(zero_query_attention(finite), S{}, {kL, kS},
+                          {0, kLn2, -kInf, -kInf, 0, 0})) == "PASS");
 
   // [B, 1, L, S]: batch 0 blocks key 0 for query 0, batch 1 blocks key 2 for query 1.
   const auto per_batch = [](Index b, Index, Index i, Index j) {
     return (b == 0 && i == 0 && j == 0) || (b == 1 && i == 1 && j == 2) ? -kInf : 0.0;
   };
   const std::vector<double> b1ls = {1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1};
-  CHECK(verdict(with_mask(zero_query_attention(per_batch), bool{}, {kB, 1, kL, kS}, b1ls)) == "PASS");
-  CHECK(verdict(with_mask(zero_query_attention(per_batch), std::int64_t{}, {kB, 1, kL, kS}, b1ls)) ==
+  CHECK(verdict(with_mask(zero_query_attention(per_batch), bool{}, {kB, 1, kL, kS}, b1ls)) ==
         "PASS");
+  CHECK(verdict(with_mask(zero_query_attention(per_batch), std::int64_t{}, {kB, 1, kL, kS},
+                          b1ls)) == "PASS");
   // [B, 1, 1, S] (key padding shape): batch 0 blocks key 1, batch 1 blocks key 0.
   const auto padding = [](Index b, Index, Index, Index j) { return j == 1 - b ? -kInf : 0.0; };
-  CHECK(verdict(with_mask(zero_query_attention(padding), std::int64_t{}, {kB, 1, 1, kS}, {0, 1, 0, 1, 0, 0})) ==
-        "PASS");
+  CHECK(verdict(with_mask(zero_query_attention(padding), std::int64_t{}, {kB, 1, 1, kS},
+                          {0, 1, 0, 1, 0, 0})) == "PASS");
   // [H, L, S] lines up with the head axis (right-aligned broadcasting): head 1 blocks (0, 0).
   const auto per_head = [](Index, Index h, Index i, Index j) {
     return h == 1 && i == 0 && j == 0 ? -kInf : 0.0;
@@ -610,7 +632,8 @@ TEMPLATE_TEST_CASE("runner: SDPA masks, BOOL and I64 alike, true = masked out, b
   const auto causal = [](Index, Index, Index i, Index j) { return j > i ? -kInf : 0.0; };
   CHECK(verdict(zero_query_case<S>(R"({"is_causal": true})", zero_query_attention(causal)).run()) ==
         "PASS");
-  CHECK_THAT(verdict(zero_query_case<S>("", zero_query_attention(causal)).run()), StartsWith("FAIL "));
+  CHECK_THAT(verdict(zero_query_case<S>("", zero_query_attention(causal)).run()),
+             StartsWith("FAIL "));
 }
 
 TEMPLATE_TEST_CASE("runner: MHA masks, BOOL and I64 alike, additive -inf, 3-D per head",
@@ -630,7 +653,8 @@ TEMPLATE_TEST_CASE("runner: MHA masks, BOOL and I64 alike, additive -inf, 3-D pe
   // head outputs are v_0 = [3, 4] and its output [13, 28]; query 1 is as unmasked.
   const std::vector<double> out2d = {13, 28, 12.5, 29.5}, w2d = {1, 0, 3. / 8, 5. / 8};
   CHECK(with_mask("input.attn_mask", bool{}, {2, 2}, {0, 1, 0, 0}, 1, out2d, w2d) == "PASS");
-  CHECK(with_mask("input.attn_mask", std::int64_t{}, {2, 2}, {0, 1, 0, 0}, 1, out2d, w2d) == "PASS");
+  CHECK(with_mask("input.attn_mask", std::int64_t{}, {2, 2}, {0, 1, 0, 0}, 1, out2d, w2d) ==
+        "PASS");
   CHECK(with_mask("input.attn_mask", std::int64_t{}, {2, 2}, {0, 2, 0, 0}, 1, out2d, w2d) ==
         "FAIL SafeTensors::get: tensor 'input.attn_mask' in case.safetensors: element 1 is 2, "
         "expected 0 or 1 (reading I64 as bool)");
@@ -654,18 +678,22 @@ TEMPLATE_TEST_CASE("runner: MHA masks, BOOL and I64 alike, additive -inf, 3-D pe
   CHECK(with_mask("input.attn_mask", S{}, {4, 2, 2}, additive3d, 2, out3d, w3d) == "PASS");
   // Indexed h * B + b instead, entries 1 and 2 would swap: a different result.
   const std::vector<double> swapped = {0, 0, 0, 0, 0, 1, 0, 0, 0, 0, 1, 0, 0, 0, 0, 0};
-  CHECK_THAT(with_mask("input.attn_mask", bool{}, {4, 2, 2}, swapped, 2, out3d, w3d), StartsWith("FAIL "));
+  CHECK_THAT(with_mask("input.attn_mask", bool{}, {4, 2, 2}, swapped, 2, out3d, w3d),
+             StartsWith("FAIL "));
 
   // key_padding_mask [B, S]: batch 1 pads key 1, so all its queries see v_0: rows [13, 28].
   const std::vector<double> out_kp = {12.75, 29, 13, 28, 12.5, 29.5, 13, 28};
   const std::vector<double> w_kp = {5. / 8, 3. / 8, 3. / 8, 5. / 8, 1, 0, 1, 0};
-  CHECK(with_mask("input.key_padding_mask", bool{}, {2, 2}, {0, 0, 0, 1}, 2, out_kp, w_kp) == "PASS");
-  CHECK(with_mask("input.key_padding_mask", std::int64_t{}, {2, 2}, {0, 0, 0, 1}, 2, out_kp, w_kp) ==
+  CHECK(with_mask("input.key_padding_mask", bool{}, {2, 2}, {0, 0, 0, 1}, 2, out_kp, w_kp) ==
         "PASS");
-  CHECK(with_mask("input.key_padding_mask", S{}, {2, 2}, {0, 0, 0, -kInf}, 2, out_kp, w_kp) == "PASS");
-  CHECK_THAT(with_mask("input.key_padding_mask", std::int64_t{}, {2, 2}, {0, 0, 0, 2}, 2, out_kp, w_kp),
-             StartsWith("FAIL SafeTensors::get: tensor 'input.key_padding_mask' in case.safetensors: "
-                        "element 3 is 2"));
+  CHECK(with_mask("input.key_padding_mask", std::int64_t{}, {2, 2}, {0, 0, 0, 1}, 2, out_kp,
+                  w_kp) == "PASS");
+  CHECK(with_mask("input.key_padding_mask", S{}, {2, 2}, {0, 0, 0, -kInf}, 2, out_kp, w_kp) ==
+        "PASS");
+  CHECK_THAT(
+      with_mask("input.key_padding_mask", std::int64_t{}, {2, 2}, {0, 0, 0, 2}, 2, out_kp, w_kp),
+      StartsWith("FAIL SafeTensors::get: tensor 'input.key_padding_mask' in case.safetensors: "
+                 "element 3 is 2"));
 }
 
 // ======================================================================================
@@ -681,8 +709,9 @@ TEMPLATE_TEST_CASE("runner: tensor data at odd file offsets is read byte-wise", 
     const std::string dt = dtype_name<S>();
     const std::size_t e0 = first, e1 = e0 + n, i0 = e1 + gap, i1 = i0 + n;
     return R"({"__metadata__":{"module":"softmax","rtol":"0","atol":"0"},)"
-           R"("expected.output":{"dtype":")" + dt + R"(","shape":[3],"data_offsets":[)" +
-           std::to_string(e0) + "," + std::to_string(e1) + R"(]},"input.input":{"dtype":")" + dt +
+           R"("expected.output":{"dtype":")" +
+           dt + R"(","shape":[3],"data_offsets":[)" + std::to_string(e0) + "," +
+           std::to_string(e1) + R"(]},"input.input":{"dtype":")" + dt +
            R"(","shape":[3],"data_offsets":[)" + std::to_string(i0) + "," + std::to_string(i1) +
            "]}}";
   };
@@ -712,9 +741,7 @@ TEMPLATE_TEST_CASE("runner: tensor data at odd file offsets is read byte-wise", 
 
 TEMPLATE_TEST_CASE("runner: malformed files fail with the reason", "[conformance]", float, double) {
   using S = TestType;
-  const auto good = [] {
-    return softmax_case<S>({1, 2}, {0, 0}, {0.5, 0.5}, kExact, kExact);
-  };
+  const auto good = [] { return softmax_case<S>({1, 2}, {0, 0}, {0.5, 0.5}, kExact, kExact); };
   REQUIRE(verdict(good().run()) == "PASS");
   const Bytes bytes = good().bytes();
 
@@ -724,9 +751,11 @@ TEMPLATE_TEST_CASE("runner: malformed files fail with the reason", "[conformance
                                  Contains("expected end <= " + std::to_string(4 * sizeof(S) - 1) +
                                           " (the data buffer's size)"));
   CHECK(run_bytes(Bytes(bytes.begin(), bytes.begin() + 5)) ==
-        "FAIL SafeTensors: case.safetensors: file is 5 bytes, expected at least 8 (the header length)");
+        "FAIL SafeTensors: case.safetensors: file is 5 bytes, expected at least 8 (the header "
+        "length)");
   CHECK(run_bytes(Bytes()) ==
-        "FAIL SafeTensors: case.safetensors: file is 0 bytes, expected at least 8 (the header length)");
+        "FAIL SafeTensors: case.safetensors: file is 0 bytes, expected at least 8 (the header "
+        "length)");
   // Cut inside the header: the length field now points past the end.
   CHECK_THAT(run_bytes(Bytes(bytes.begin(), bytes.begin() + 20)),
              StartsWith("FAIL SafeTensors: case.safetensors: header length is ") &&
@@ -738,8 +767,9 @@ TEMPLATE_TEST_CASE("runner: malformed files fail with the reason", "[conformance
   CHECK_THAT(run_bytes(long_header), Contains("(the bytes after the length field)"));
   Bytes huge = bytes;
   for (int k = 0; k < 8; ++k) huge[k] = 0xFF;
-  CHECK(run_bytes(huge) == "FAIL SafeTensors: case.safetensors: header length is "
-                           "18446744073709551615, expected at most 100000000");
+  CHECK(run_bytes(huge) ==
+        "FAIL SafeTensors: case.safetensors: header length is "
+        "18446744073709551615, expected at most 100000000");
   // Bad JSON header; a header that is not an object.
   CHECK(run_bytes(raw_file("{\"a\": [1, 2}", {})) ==
         "FAIL SafeTensors: case.safetensors: header is not valid JSON near file offset 19");
@@ -754,12 +784,14 @@ TEMPLATE_TEST_CASE("runner: malformed metadata fails with the reason", "[conform
                    double) {
   using S = TestType;
   const auto meta = [](const std::string& key, const std::string& value) {
-    return verdict(softmax_case<S>({1, 2}, {0, 0}, {0.5, 0.5}, kExact, kExact).meta(key, value).run());
+    return verdict(
+        softmax_case<S>({1, 2}, {0, 0}, {0.5, 0.5}, kExact, kExact).meta(key, value).run());
   };
   CHECK_THAT(meta("options", R"({"dim": )"),
              StartsWith("FAIL metadata 'options' is not valid JSON: [json.exception.parse_error."));
   CHECK(meta("options", "[-1]") == "FAIL metadata 'options' is not a JSON object");
-  CHECK(meta("options", R"({"dim": "last"})") == "FAIL option 'dim' is \"last\", expected an integer");
+  CHECK(meta("options", R"({"dim": "last"})") ==
+        "FAIL option 'dim' is \"last\", expected an integer");
   CHECK(meta("options", R"({"dim": 0.5})") == "FAIL option 'dim' is 0.5, expected an integer");
   CHECK(meta("options", R"({"dim": 2})") == "FAIL option 'dim' is out of range for input [1, 2]");
   // A deeply nested option value is described by its type (dumping it would recurse until
@@ -771,8 +803,10 @@ TEMPLATE_TEST_CASE("runner: malformed metadata fails with the reason", "[conform
         "FAIL metadata 'rtol' is \"abc\", expected a non-negative decimal number");
   CHECK(meta("atol", "1e-5x") ==
         "FAIL metadata 'atol' is \"1e-5x\", expected a non-negative decimal number");
-  CHECK(meta("rtol", "-1") == "FAIL metadata 'rtol' is \"-1\", expected a non-negative decimal number");
-  CHECK(meta("rtol", "nan") == "FAIL metadata 'rtol' is \"nan\", expected a non-negative decimal number");
+  CHECK(meta("rtol", "-1") ==
+        "FAIL metadata 'rtol' is \"-1\", expected a non-negative decimal number");
+  CHECK(meta("rtol", "nan") ==
+        "FAIL metadata 'rtol' is \"nan\", expected a non-negative decimal number");
   CHECK(meta("atol", "") == "FAIL metadata 'atol' is \"\", expected a non-negative decimal number");
   CHECK(meta("rtol", "1e-05") == "PASS");
 
@@ -791,10 +825,11 @@ TEMPLATE_TEST_CASE("runner: malformed tensors fail with the reason", "[conforman
   mixed.add<S>("input.input", {2}, {0, 0}).template add<Other>("expected.output", {2}, {0.5, 0.5});
   CHECK(verdict(mixed.run()) == "FAIL float tensors must share one dtype, found 2");
   // Expected tensor of the wrong shape.
-  CHECK(verdict(softmax_case<S>({3}, {0, 0, 0}, {1. / 3, 1. / 3, 1. / 3}, kExact, kExact)
-                    .run()) == "PASS");
+  CHECK(verdict(softmax_case<S>({3}, {0, 0, 0}, {1. / 3, 1. / 3, 1. / 3}, kExact, kExact).run()) ==
+        "PASS");
   CaseFile shape("softmax", "", HandTol<S>::rtol, HandTol<S>::atol);
-  shape.add<S>("input.input", {2, 3}, {0, 0, 0, 0, 0, 0}).template add<S>("expected.output", {3, 2}, {0, 0, 0, 0, 0, 0});
+  shape.add<S>("input.input", {2, 3}, {0, 0, 0, 0, 0, 0})
+      .template add<S>("expected.output", {3, 2}, {0, 0, 0, 0, 0, 0});
   CHECK(verdict(shape.run()) == "FAIL expected.output: shape [2, 3], expected [3, 2]");
   // Missing input.
   CaseFile no_input("softmax", "", kExact, kExact);
@@ -807,10 +842,12 @@ TEMPLATE_TEST_CASE("runner: malformed tensors fail with the reason", "[conforman
   CHECK(verdict(no_expected.run()) == "FAIL no expected. tensor: the case checks nothing");
   // An integer tensor where a float one is needed.
   CaseFile int_input("softmax", "", kExact, kExact);
-  int_input.add<std::int64_t>("input.input", {2}, {0, 0}).template add<S>("expected.output", {2}, {0.5, 0.5});
+  int_input.add<std::int64_t>("input.input", {2}, {0, 0})
+      .template add<S>("expected.output", {2}, {0.5, 0.5});
   CHECK(verdict(int_input.run()) ==
         "FAIL SafeTensors::get: tensor 'input.input' in case.safetensors is I64, expected F16, "
-        "BF16, F32 or F64 (reading as " + std::string(sizeof(S) == 4 ? "float" : "double") + ")");
+        "BF16, F32 or F64 (reading as " +
+            std::string(sizeof(S) == 4 ? "float" : "double") + ")");
 
   // Missing parameters.
   const auto mha_without = [](const std::string& skip) {
@@ -836,16 +873,19 @@ TEMPLATE_TEST_CASE("runner: malformed tensors fail with the reason", "[conforman
   CHECK(mha_without("input.query") ==
         "FAIL SafeTensors: no tensor named 'input.query' in case.safetensors");
   CaseFile no_weight("embedding", R"({"num_embeddings": 1, "embedding_dim": 1})", kExact, kExact);
-  no_weight.add<std::int64_t>("input.input", {1}, {0}).template add<S>("expected.output", {1, 1}, {0});
+  no_weight.add<std::int64_t>("input.input", {1}, {0})
+      .template add<S>("expected.output", {1, 1}, {0});
   CHECK(verdict(no_weight.run()) ==
         "FAIL Embedding::from_state_dict: no parameter named 'weight' in case.safetensors");
   // Required options.
   CaseFile no_heads("multihead_attention", R"({"embed_dim": 2})", kExact, kExact);
-  no_heads.add<S>("input.query", {1, 1, 2}, {0, 0}).template add<S>("expected.output", {1, 1, 2}, {0, 0});
+  no_heads.add<S>("input.query", {1, 1, 2}, {0, 0})
+      .template add<S>("expected.output", {1, 1, 2}, {0, 0});
   CHECK(verdict(no_heads.run()) == "FAIL option 'num_heads' is required for multihead_attention");
   // key without value.
   CaseFile key_only = mha_case<S>(kMhaOptions, 1);
-  key_only.add<S>("input.key", {2, 1, 2}, {1, 0, 0, 1}).template add<S>("expected.output", {2, 1, 2}, kMhaOutput);
+  key_only.add<S>("input.key", {2, 1, 2}, {1, 0, 0, 1})
+      .template add<S>("expected.output", {2, 1, 2}, kMhaOutput);
   CHECK(verdict(key_only.run()) == "FAIL input.key and input.value must both be present or absent");
 }
 
@@ -887,24 +927,30 @@ TEMPLATE_TEST_CASE("runner: what the runner does not handle is UNSUPPORTED", "[c
   using S = TestType;
   // lstm is a real module of the contract, not built yet.
   CaseFile lstm("lstm", R"({"input_size": 1, "hidden_size": 1})", kExact, kExact);
-  lstm.add<S>("weight_ih_l0", {4, 1}, {1, 1, 1, 1}).template add<S>("weight_hh_l0", {4, 1}, {1, 1, 1, 1});
+  lstm.add<S>("weight_ih_l0", {4, 1}, {1, 1, 1, 1})
+      .template add<S>("weight_hh_l0", {4, 1}, {1, 1, 1, 1});
   lstm.add<S>("input.input", {1, 1, 1}, {0}).template add<S>("expected.output", {1, 1, 1}, {0});
   CHECK(verdict(lstm.run()) == "UNSUPPORTED module 'lstm'");
   // Unknown option and unknown input.
-  CHECK(verdict(softmax_case<S>({2}, {0, 0}, {0.5, 0.5}, kExact, kExact, R"({"dim": -1, "dtype": "float64"})")
+  CHECK(verdict(softmax_case<S>({2}, {0, 0}, {0.5, 0.5}, kExact, kExact,
+                                R"({"dim": -1, "dtype": "float64"})")
                     .run()) == "UNSUPPORTED option 'dtype' of softmax");
-  CHECK(verdict(softmax_case<S>({2}, {0, 0}, {0.5, 0.5}, kExact, kExact).template add<S>("input.mask", {2}, {0, 0}).run()) ==
-        "UNSUPPORTED input 'mask' of softmax");
+  CHECK(verdict(softmax_case<S>({2}, {0, 0}, {0.5, 0.5}, kExact, kExact)
+                    .template add<S>("input.mask", {2}, {0, 0})
+                    .run()) == "UNSUPPORTED input 'mask' of softmax");
   // An expected output the module does not have.
-  CHECK(verdict(softmax_case<S>({2}, {0, 0}, {0.5, 0.5}, kExact, kExact).template add<S>("expected.log", {2}, {0, 0}).run()) ==
-        "UNSUPPORTED output 'log' of softmax");
+  CHECK(verdict(softmax_case<S>({2}, {0, 0}, {0.5, 0.5}, kExact, kExact)
+                    .template add<S>("expected.log", {2}, {0, 0})
+                    .run()) == "UNSUPPORTED output 'log' of softmax");
   // Gradient cases: upstream. and grad. tensors.
   CaseFile grad = softmax_case<S>({2}, {0, 0}, {0.5, 0.5}, kExact, kExact);
-  grad.add<S>("upstream.output", {2}, {1, 0}).template add<S>("grad.input.input", {2}, {0.25, -0.25});
+  grad.add<S>("upstream.output", {2}, {1, 0})
+      .template add<S>("grad.input.input", {2}, {0.25, -0.25});
   CHECK(verdict(grad.run()) == "UNSUPPORTED gradient case (grad./upstream. tensors) of softmax");
   CaseFile grad_only = softmax_case<S>({2}, {0, 0}, {0.5, 0.5}, kExact, kExact);
   grad_only.add<S>("grad.input.input", {2}, {0, 0});
-  CHECK(verdict(grad_only.run()) == "UNSUPPORTED gradient case (grad./upstream. tensors) of softmax");
+  CHECK(verdict(grad_only.run()) ==
+        "UNSUPPORTED gradient case (grad./upstream. tensors) of softmax");
 
   // Dropout other than 0 (training mode); 0 is accepted and ignored.
   const auto mha = [](const std::string& options) {

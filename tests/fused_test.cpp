@@ -56,11 +56,11 @@ constexpr S inf = std::numeric_limits<S>::infinity();
 template <typename S>
 constexpr double kFusedTol = std::is_same_v<S, float> ? 1e-5 : 1e-12;
 
-/// Logits near 1e3: each path rounds the dot products of 64 terms of size ~100 on its own,
-/// a logit error of a few ulps of 1e3 (6e-5 in float, 1e-13 in double) that scales
-/// each weight by exp(error), so outputs in [-1, 1] differ by ~1e-4 (float).
+/// Logits near 1e3: each path rounds the 64-term dot products on its own, so a logit
+/// differs by a few ulps of 1e3 (6e-5 in float, 1e-13 in double) and each weight by that
+/// factor: 2.4e-5 observed in float on outputs in [-1, 1]; 5 float ulps of 1e3 allowed.
 template <typename S>
-constexpr double kLargeLogitTol = std::is_same_v<S, float> ? 3e-5 : 1e-12;
+constexpr double kLargeLogitTol = std::is_same_v<S, float> ? 3e-4 : 1e-11;
 
 /// Hand-computed values are written with 10 significant digits.
 template <typename S>

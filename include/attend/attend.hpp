@@ -10,27 +10,38 @@
 #include "attend/core/random.hpp"
 #include "attend/core/tensor.hpp"
 
-#include "attend/ops/softmax.hpp"
-
-#include "attend/embedding/positional.hpp"
-
-#include "attend/attention/fused_avx2.hpp"
-#include "attend/attention/mask.hpp"
-#include "attend/attention/fused_kernels.hpp"
-#include "attend/attention/scaled_dot_product.hpp"
-#include "attend/attention/fused.hpp"
-
 #include "attend/io/safetensors_format.hpp"
 #include "attend/io/safetensors.hpp"
 #include "attend/io/safetensors_writer.hpp"
 #include "attend/io/state_dict.hpp"
 
-#include "attend/embedding/embedding.hpp"
+#include "attend/ops/activation.hpp"
+#include "attend/ops/dropout.hpp"
+#include "attend/ops/layer_norm.hpp"
+#include "attend/ops/linear.hpp"
+#include "attend/ops/softmax.hpp"
 
+#include "attend/embedding/embedding.hpp"
+#include "attend/embedding/positional.hpp"
+
+#include "attend/attention/fused_portable.hpp"
+#include "attend/attention/fused_avx2.hpp"
+#include "attend/attention/mask.hpp"
+#include "attend/attention/fused_kernels.hpp"
+#include "attend/attention/scaled_dot_product.hpp"
+#include "attend/attention/fused.hpp"
 #include "attend/attention/multihead.hpp"
 
+#include "attend/rnn/alignment.hpp"
 #include "attend/rnn/cells.hpp"
+#include "attend/rnn/decoding.hpp"
 #include "attend/rnn/recurrent.hpp"
+#include "attend/rnn/seq2seq.hpp"
+
+#include "attend/transformer/layer_options.hpp"
+#include "attend/transformer/decoder_layer.hpp"
+#include "attend/transformer/encoder_layer.hpp"
+#include "attend/transformer/encoder.hpp"
 
 #include "attend/text/tokenizer.hpp"
 #include "attend/text/vocabulary.hpp"

@@ -1,7 +1,5 @@
 // SPDX-License-Identifier: MIT
 // attend-conformance: runs every FIXTURES.md case under the given files or folders.
-#include "runner.hpp"
-
 #include <algorithm>
 #include <cstdio>
 #include <filesystem>
@@ -10,6 +8,8 @@
 #include <iterator>
 #include <string>
 #include <vector>
+
+#include "runner.hpp"
 
 namespace fs = std::filesystem;
 

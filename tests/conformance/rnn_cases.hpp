@@ -8,8 +8,6 @@
 // end of runner.hpp. Including this file first works too: it includes runner.hpp.
 #pragma once
 
-#include "runner.hpp"
-
 #include "attend/rnn/alignment.hpp"
 #include "attend/rnn/cells.hpp"
 #include "attend/rnn/recurrent.hpp"
@@ -17,6 +15,8 @@
 #include <cstdint>
 #include <string>
 #include <vector>
+
+#include "runner.hpp"
 
 namespace attend::conformance::detail {
 
@@ -38,7 +38,8 @@ inline BoolMatrix read_key_padding(const Case& c) {
   if (!is_bool_dtype(c.st->dtype(name))) throw unsupported("additive " + name + " of " + c.module);
   const Tensor<bool> m = c.st->get<bool>(name);
   if (m.rank() != 2) {
-    throw shape_error(name + " is " + attend::detail::shape_string(m.shape()) + ", expected [B, T]");
+    throw shape_error(name + " is " + attend::detail::shape_string(m.shape()) +
+                      ", expected [B, T]");
   }
   return m.as_matrix();
 }
@@ -129,7 +130,8 @@ void run_alignment_case(const Case& c, Outputs<S>& out) {
   if (c.module == "bahdanau_attention") {
     allow_options(c, {});
     const Shape& w1 = c.st->shape("W1");
-    if (w1.size() != 2) throw shape_error("W1 is " + attend::detail::shape_string(w1) + ", expected [A, Hk]");
+    if (w1.size() != 2)
+      throw shape_error("W1 is " + attend::detail::shape_string(w1) + ", expected [A, Hk]");
     BahdanauAttention<S> att(Hq, Hk, w1[0]);
     att.load_state_dict(*c.st);
     r = att.forward(query, keys, mask);
@@ -143,7 +145,8 @@ void run_alignment_case(const Case& c, Outputs<S>& out) {
     } else if (s == "concat") {
       score = LuongScore::concat;
       const Shape& w = c.st->shape("W");
-      if (w.size() != 2) throw shape_error("W is " + attend::detail::shape_string(w) + ", expected [A, Hq + Hk]");
+      if (w.size() != 2)
+        throw shape_error("W is " + attend::detail::shape_string(w) + ", expected [A, Hq + Hk]");
       A = w[0];
     } else if (s.empty()) {
       throw format_error("option 'score' is required for luong_attention");

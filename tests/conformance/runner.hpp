@@ -97,7 +97,8 @@ inline bool opt_bool(const Case& c, const char* name, bool fallback) {
   if (it->is_number_integer() && (it->get<std::int64_t>() == 0 || it->get<std::int64_t>() == 1)) {
     return it->get<std::int64_t>() == 1;
   }
-  throw format_error(std::string("option '") + name + "' is " + describe(*it) + ", expected a boolean");
+  throw format_error(std::string("option '") + name + "' is " + describe(*it) +
+                     ", expected a boolean");
 }
 
 inline std::optional<Index> opt_int(const Case& c, const char* name) {
@@ -118,14 +119,16 @@ inline std::optional<double> opt_number(const Case& c, const char* name) {
   const auto it = c.options.find(name);
   if (it == c.options.end() || it->is_null()) return std::nullopt;
   if (it->is_number()) return it->get<double>();
-  throw format_error(std::string("option '") + name + "' is " + describe(*it) + ", expected a number");
+  throw format_error(std::string("option '") + name + "' is " + describe(*it) +
+                     ", expected a number");
 }
 
 inline std::string opt_string(const Case& c, const char* name, const std::string& fallback) {
   const auto it = c.options.find(name);
   if (it == c.options.end() || it->is_null()) return fallback;
   if (it->is_string()) return it->get<std::string>();
-  throw format_error(std::string("option '") + name + "' is " + describe(*it) + ", expected a string");
+  throw format_error(std::string("option '") + name + "' is " + describe(*it) +
+                     ", expected a string");
 }
 
 /// Dropout options are accepted only when they are zero (fixtures run in eval mode).
@@ -176,7 +179,8 @@ Outputs<S> run_softmax(const Case& c) {
   Index dim = opt_int(c, "dim").value_or(-1);
   if (dim < 0) dim += r;
   if (r == 0 || dim < 0 || dim >= r) {
-    throw format_error("option 'dim' is out of range for input " + attend::detail::shape_string(x.shape()));
+    throw format_error("option 'dim' is out of range for input " +
+                       attend::detail::shape_string(x.shape()));
   }
   Index outer = 1, inner = 1;
   for (Index i = 0; i < dim; ++i) outer *= x.dim(i);
@@ -214,9 +218,9 @@ Outputs<S> run_sdpa(const Case& c) {
 
 template <typename S>
 Outputs<S> run_mha(const Case& c) {
-  allow_options(c, {"embed_dim", "num_heads", "bias", "kdim", "vdim", "batch_first",
-                    "need_weights", "average_attn_weights", "is_causal", "dropout",
-                    "add_bias_kv", "add_zero_attn"});
+  allow_options(c,
+                {"embed_dim", "num_heads", "bias", "kdim", "vdim", "batch_first", "need_weights",
+                 "average_attn_weights", "is_causal", "dropout", "add_bias_kv", "add_zero_attn"});
   allow_inputs(c, {"query", "key", "value", "key_padding_mask", "attn_mask"});
   ignore_dropout(c, "dropout");
   if (opt_bool(c, "add_bias_kv", false)) throw unsupported("option 'add_bias_kv'");
@@ -268,7 +272,8 @@ Outputs<S> run_mha(const Case& c) {
   }
   const Tensor<S> q = c.st->get<S>("input.query");
   const bool has_k = c.st->contains("input.key"), has_v = c.st->contains("input.value");
-  if (has_k != has_v) throw format_error("input.key and input.value must both be present or absent");
+  if (has_k != has_v)
+    throw format_error("input.key and input.value must both be present or absent");
   AttentionResult<S> r;
   if (has_k) {
     const Tensor<S> k = c.st->get<S>("input.key");

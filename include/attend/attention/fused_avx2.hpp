@@ -3,6 +3,7 @@
 // scores K Q^T, a 6x16 block for P V, an exp2 for non-positive inputs, the online softmax.
 #pragma once
 
+#include "attend/attention/fused_portable.hpp"
 #include "attend/core/types.hpp"
 
 #include <Eigen/Core>
@@ -19,37 +20,6 @@
 #endif
 
 namespace attend::detail {
-
-/// Queries per block of the fused kernel: 3 panels of 16 (scores micro-kernel) and 8
-/// groups of 6 (P V micro-kernel). Also the row stride of the transposed score tile.
-inline constexpr Index fused_block_rows = 48;
-/// Keys per block of the fused kernel: the score tile [keys, queries] is 24 KiB in float.
-inline constexpr Index fused_block_keys = 128;
-
-/// Everything one query block of the fused kernel reads and writes, as raw row-major
-/// pointers with row strides (heads are column blocks, so strides may exceed widths).
-template <typename S>
-struct FusedBlockArgs {
-  const S* q;  // [L, d_k] (row r0 is the first of the block)
-  Index ldq;
-  const S* k;  // [S, d_k]
-  Index ldk;
-  const S* v;  // [S, d_v]
-  Index ldv;
-  S* out;  // [L, d_v]
-  Index ldo;
-  Index d_k, d_v;
-  S scale;  // multiplies q . k (already times log2(e) on the AVX2 path)
-  // Workspace slices (see FusedWorkspace): 64-byte aligned.
-  S* q_pack;  // [fused_block_rows, d_k] scaled queries (transposed panels on AVX2)
-  S* scores;  // [fused_block_keys, fused_block_rows] scores, key-major (S^T tile)
-  S* acc;     // [fused_block_rows, ld_acc] unnormalised output rows
-  Index ld_acc;
-  S* row_max;  // [fused_block_rows] running max per query (-inf: nothing seen yet)
-  S* row_sum;  // [fused_block_rows] running sum of exp per query
-  S* alpha;    // [fused_block_rows] rescale factor of the current key block
-  S* shift;    // [fused_block_rows] value subtracted before exp (portable path)
-};
 
 #if ATTEND_FUSED_AVX2
 

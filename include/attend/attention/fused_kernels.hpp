@@ -4,6 +4,7 @@
 #pragma once
 
 #include "attend/attention/fused_avx2.hpp"
+#include "attend/attention/fused_portable.hpp"
 #include "attend/attention/mask.hpp"
 #include "attend/core/types.hpp"
 
@@ -102,54 +103,6 @@ void apply_mask_transposed(const HeadMaskView& m, Index r0, Index nq, Index c0, 
     }
   }
 }
-
-/// Portable tile code: Eigen products, Eigen's vectorised exp, natural-log units.
-template <typename S>
-struct FusedPortable {
-  static constexpr double bias_factor = 1.0;
-  using Tile = Eigen::Map<Matrix<S>, 0, Eigen::OuterStride<>>;
-  using Row = Eigen::Map<RowVector<S>>;
-
-  static void pack_queries(const FusedBlockArgs<S>& a, Index nq) {
-    const Eigen::Map<const Matrix<S>, 0, Eigen::OuterStride<>> q(a.q, nq, a.d_k,
-                                                                 Eigen::OuterStride<>(a.ldq));
-    MatrixMap<S>(a.q_pack, nq, a.d_k) = q * a.scale;  // [nq, d_k]
-  }
-  static void scores(const FusedBlockArgs<S>& a, const S* k, Index nk, Index nq) {
-    const Eigen::Map<const Matrix<S>, 0, Eigen::OuterStride<>> kb(k, nk, a.d_k,
-                                                                  Eigen::OuterStride<>(a.ldk));
-    Tile st(a.scores, nk, nq, Eigen::OuterStride<>(fused_block_rows));
-    st.noalias() = kb * ConstMatrixMap<S>(a.q_pack, nq, a.d_k).transpose();  // [nk, nq]
-  }
-  static void softmax_update(const FusedBlockArgs<S>& a, Index nk, Index nq) {
-    constexpr S neg_inf = -std::numeric_limits<S>::infinity();
-    Tile st(a.scores, nk, nq, Eigen::OuterStride<>(fused_block_rows));
-    Row m(a.row_max, nq), l(a.row_sum, nq), alpha(a.alpha, nq), shift(a.shift, nq);
-    alpha = st.colwise().maxCoeff();  // block max, for a moment
-    for (Index i = 0; i < nq; ++i) {
-      const S m_new = std::max(m[i], alpha[i]);
-      // Subtract 0 instead of -inf where nothing is finite yet: no NaN from -inf - -inf.
-      shift[i] = m_new == neg_inf ? S(0) : m_new;
-      alpha[i] = std::exp(m[i] - shift[i]);  // exactly 0 when m_old = -inf
-      m[i] = m_new;
-    }
-    for (Index j = 0; j < nk; ++j) st.row(j).array() = (st.row(j) - shift).array().exp();
-    for (Index i = 0; i < nq; ++i) {
-      // Eigen's exp(-inf) can be a denormal rather than 0: a column with no finite score
-      // yet is zeroed so its sum stays 0 (a fully masked row gives zeros).
-      if (m[i] == neg_inf) st.col(i).setZero();
-    }
-    l = l.cwiseProduct(alpha) + st.colwise().sum();
-  }
-  static void pv(const FusedBlockArgs<S>& a, const S* v, Index nk, Index nq) {
-    const Eigen::Map<const Matrix<S>, 0, Eigen::OuterStride<>> vb(v, nk, a.d_v,
-                                                                  Eigen::OuterStride<>(a.ldv));
-    const Tile st(a.scores, nk, nq, Eigen::OuterStride<>(fused_block_rows));
-    Tile acc(a.acc, nq, a.d_v, Eigen::OuterStride<>(a.ld_acc));  // [nq, d_v]
-    acc.array().colwise() *= Eigen::Map<const Vector<S>>(a.alpha, nq).array();
-    acc.noalias() += st.transpose() * vb;
-  }
-};
 
 #if ATTEND_FUSED_AVX2
 /// AVX2/FMA tile code (float): register-blocked micro-kernels, exp2, log2 units.

@@ -74,7 +74,7 @@ template <typename S>
 void additive_scores(const MatrixCRef<S>& keys_proj, const MatrixCRef<S>& q_proj,
                      const Vector<S>& v, Matrix<S>& scratch, MatrixRef<S> scores) {
   scratch = (keys_proj.rowwise() + q_proj.row(0)).array().tanh();  // [T, A]
-  scores.noalias() = (scratch * v).transpose();                      // [1, T]
+  scores.noalias() = (scratch * v).transpose();                    // [1, T]
 }
 
 }  // namespace detail
@@ -267,7 +267,7 @@ class LuongAttention {
     if (score == LuongScore::concat) {
       // W [q; k_j] = W_q q + W_k k_j: the additive form with W_k keys for all j in one product.
       const Index A = W.rows();
-      Matrix<Scalar> keys_proj(T, A), scratch(T, A);  // [T, A]
+      Matrix<Scalar> keys_proj(T, A), scratch(T, A);                     // [T, A]
       const Matrix<Scalar> q_proj = query * W.leftCols(Hq).transpose();  // [B, A]
       for (Index b = 0; b < B; ++b) {
         keys_proj.noalias() = keys.matrix(b) * W.rightCols(Hk).transpose();
@@ -287,10 +287,10 @@ class LuongAttention {
     }
     if (attentional()) {
       // tanh(Wc [c; q]) = tanh(c Wc_c^T + q Wc_q^T), context columns first.
-      r.attentional_hidden = (r.context * Wc.leftCols(Hk).transpose() +
-                              query * Wc.rightCols(Hq).transpose())
-                                 .array()
-                                 .tanh();
+      r.attentional_hidden =
+          (r.context * Wc.leftCols(Hk).transpose() + query * Wc.rightCols(Hq).transpose())
+              .array()
+              .tanh();
     }
     return r;
   }

@@ -264,10 +264,10 @@ class LSTMCell {
                       MatrixRef<Scalar> h_next, MatrixRef<Scalar> c_next) const {
     const Index N = hidden_size();
     detail::recurrent_projection<LSTMCell, Scalar>(*this, h_prev, gates);
-    gates += xi;  // [B, 4N] pre-activations i, f, g, o
+    gates += xi;                                             // [B, 4N] pre-activations i, f, g, o
     detail::sigmoid_inplace<Scalar>(gates.leftCols(2 * N));  // i, f
     gates.middleCols(2 * N, N).array() = gates.middleCols(2 * N, N).array().tanh();  // g
-    detail::sigmoid_inplace<Scalar>(gates.rightCols(N));  // o
+    detail::sigmoid_inplace<Scalar>(gates.rightCols(N));                             // o
     c_next.array() = gates.middleCols(N, N).array() * c_prev.array() +
                      gates.leftCols(N).array() * gates.middleCols(2 * N, N).array();
     h_next.array() = gates.rightCols(N).array() * c_next.array().tanh();

@@ -19,11 +19,11 @@ namespace attend {
 
 /// Constructor options, named as torch.nn.RNN/LSTM/GRU's arguments.
 struct RecurrentOptions {
-  Index input_size = 0;     ///< width of the input features (required)
-  Index hidden_size = 0;    ///< N, width of h (required)
-  Index num_layers = 1;     ///< stacked layers; layer k > 0 reads layer k - 1's output
-  bool bias = true;         ///< b_ih and b_hh present
-  bool batch_first = false;  ///< input and output [B, T, *] instead of [T, B, *]
+  Index input_size = 0;        ///< width of the input features (required)
+  Index hidden_size = 0;       ///< N, width of h (required)
+  Index num_layers = 1;        ///< stacked layers; layer k > 0 reads layer k - 1's output
+  bool bias = true;            ///< b_ih and b_hh present
+  bool batch_first = false;    ///< input and output [B, T, *] instead of [T, B, *]
   bool bidirectional = false;  ///< D = 2 directions, outputs concatenated [forward, reverse]
   Nonlinearity nonlinearity = Nonlinearity::tanh;  ///< RNN only (ignored by LSTM and GRU)
 };
@@ -48,8 +48,8 @@ struct RecurrentOutput {
 /// a streaming caller allocates nothing per frame after the first.
 template <typename Scalar>
 struct RecurrentWorkspace {
-  Matrix<Scalar> xi;      // [B, G * N] input projection of one layer
-  Matrix<Scalar> gates;   // [B, G * N]
+  Matrix<Scalar> xi;        // [B, G * N] input projection of one layer
+  Matrix<Scalar> gates;     // [B, G * N]
   Matrix<Scalar> layer_in;  // [B, N] output of the layer below
 };
 
@@ -76,8 +76,7 @@ struct RecurrentWorkspace {
 /// \note torch.nn.RNN / LSTM / GRU (eval mode; dropout and proj_size are not supported).
 template <typename Scalar, template <typename> class CellType>
 class Recurrent {
-  static_assert(is_supported_scalar_v<Scalar>,
-                "attend::Recurrent: Scalar must be float or double");
+  static_assert(is_supported_scalar_v<Scalar>, "attend::Recurrent: Scalar must be float or double");
 
  public:
   using Cell = CellType<Scalar>;

@@ -8,6 +8,7 @@
 #include "attend/core/types.hpp"
 #include "attend/io/safetensors.hpp"
 #include "attend/rnn/cells.hpp"
+#include "attend/rnn/recurrent.hpp"
 
 #include <Eigen/Core>
 
@@ -18,9 +19,6 @@
 #include <vector>
 
 namespace attend {
-
-template <typename Scalar, template <typename> class CellType>
-class Recurrent;
 
 namespace detail {
 
@@ -80,7 +78,8 @@ const char* Recurrent<Scalar, CellType>::name() noexcept {
 }
 
 template <typename Scalar, template <typename> class CellType>
-void Recurrent<Scalar, CellType>::load_state_dict(const SafeTensors& st, const std::string& prefix) {
+void Recurrent<Scalar, CellType>::load_state_dict(const SafeTensors& st,
+                                                  const std::string& prefix) {
   std::vector<Cell> loaded = cells;  // all or nothing
   const Index D = directions();
   for (Index k = 0; k < options.num_layers; ++k) {
@@ -157,12 +156,12 @@ RecurrentOutput<Scalar> Recurrent<Scalar, CellType>::forward(
 
   // Workspaces, sized once: nothing below allocates inside the time loop.
   const Index cN = Cell::has_cell_state ? N : 0;
-  Matrix<Scalar> below, current;            // [T * B, D * N] outputs of layers k - 1 and k
+  Matrix<Scalar> below, current;  // [T * B, D * N] outputs of layers k - 1 and k
   if (layers > 1) current.resize(T * B, D * N);
-  Matrix<Scalar> xi(T * B, G * N);          // [T * B, G * N] input projection, all steps
-  Matrix<Scalar> gates(B, G * N);           // [B, G * N]
-  Matrix<Scalar> h(B, N), h_new(B, N);      // [B, N]
-  Matrix<Scalar> c(B, cN), c_new(B, cN);    // [B, N] (LSTM) or [B, 0]
+  Matrix<Scalar> xi(T * B, G * N);        // [T * B, G * N] input projection, all steps
+  Matrix<Scalar> gates(B, G * N);         // [B, G * N]
+  Matrix<Scalar> h(B, N), h_new(B, N);    // [B, N]
+  Matrix<Scalar> c(B, cN), c_new(B, cN);  // [B, N] (LSTM) or [B, 0]
 
   for (Index k = 0; k < layers; ++k) {
     // Rows of input, below, current and output share one layout (time-major or batch-first).
@@ -218,7 +217,8 @@ void Recurrent<Scalar, CellType>::step(const MatrixCRef<Scalar>& x, RecurrentSta
                                        RecurrentWorkspace<Scalar>& ws) const {
   const std::string who = std::string(name()) + "::step";
   if (options.bidirectional) {
-    throw value_error(who + ": the stack is bidirectional, expected bidirectional false (the "
+    throw value_error(who +
+                      ": the stack is bidirectional, expected bidirectional false (the "
                       "reverse direction needs the whole sequence)");
   }
   const Index in = options.input_size, N = options.hidden_size, G = Cell::gate_count;

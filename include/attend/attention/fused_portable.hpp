@@ -1,0 +1,192 @@
+// SPDX-License-Identifier: MIT
+// The fused attention kernel's block sizes and arguments, and its portable tile code:
+// register-blocked micro-kernels on Eigen packets (any SIMD width Eigen was built for).
+#pragma once
+
+#include "attend/core/types.hpp"
+
+#include <Eigen/Core>
+
+#include <algorithm>
+#include <cmath>
+#include <limits>
+
+namespace attend::detail {
+
+/// Queries per block of the fused kernel: 3 panels of 16 (scores micro-kernel) and 8
+/// groups of 6 (P V micro-kernel). Also the row stride of the transposed score tile.
+inline constexpr Index fused_block_rows = 48;
+/// Keys per block of the fused kernel: the score tile [keys, queries] is 24 KiB in float.
+inline constexpr Index fused_block_keys = 128;
+
+/// Everything one query block of the fused kernel reads and writes, as raw row-major
+/// pointers with row strides (heads are column blocks, so strides may exceed widths).
+template <typename S>
+struct FusedBlockArgs {
+  const S* q;  // [L, d_k] (row r0 is the first of the block)
+  Index ldq;
+  const S* k;  // [S, d_k]
+  Index ldk;
+  const S* v;  // [S, d_v]
+  Index ldv;
+  S* out;  // [L, d_v]
+  Index ldo;
+  Index d_k, d_v;
+  S scale;  // multiplies q . k (already times log2(e) on the AVX2 path)
+  // Workspace slices (see FusedWorkspace): 64-byte aligned.
+  S* q_pack;  // [fused_block_rows, d_k] scaled queries (transposed panels on AVX2)
+  S* scores;  // [fused_block_keys, fused_block_rows] scores, key-major (S^T tile)
+  S* acc;     // [fused_block_rows, ld_acc] unnormalised output rows
+  Index ld_acc;
+  S* row_max;  // [fused_block_rows] running max per query (-inf: nothing seen yet)
+  S* row_sum;  // [fused_block_rows] running sum of exp per query
+  S* alpha;    // [fused_block_rows] rescale factor of the current key block
+  S* shift;    // [fused_block_rows] value subtracted before exp (portable path)
+};
+
+/// Portable tile code for any scalar: scores and P V by micro-kernels on Eigen packets
+/// (R keys or queries x NP packets held in registers, no packing of K or V, no Eigen
+/// GEMM, which would allocate and spawn threads under OpenMP), softmax by Eigen arrays
+/// with Eigen's exp, natural-log units.
+template <typename S>
+struct FusedPortable {
+  using Packet = typename Eigen::internal::packet_traits<S>::type;
+  static constexpr int P = Eigen::internal::unpacket_traits<Packet>::size;
+  static constexpr int NP = 2 * P <= 16 ? 2 : 1;  // packets per panel of queries
+  static constexpr Index W = NP * P;                // queries per panel
+  static_assert(fused_block_rows % W == 0, "query panels must tile the query block");
+  static constexpr double bias_factor = 1.0;
+  using Tile = Eigen::Map<Matrix<S>, 0, Eigen::OuterStride<>>;
+  using Row = Eigen::Map<RowVector<S>>;
+
+  /// Queries r0.. (a.q) into panels [d_k, W], times a.scale; lanes past nq are zero.
+  static void pack_queries(const FusedBlockArgs<S>& a, Index nq) {
+    for (Index pnl = 0; pnl * W < nq; ++pnl) {
+      S* dst = a.q_pack + pnl * W * a.d_k;
+      for (Index t = 0; t < W; ++t) {
+        const Index i = pnl * W + t;
+        if (i < nq) {
+          const S* row = a.q + i * a.ldq;
+          for (Index p = 0; p < a.d_k; ++p) dst[W * p + t] = row[p] * a.scale;
+        } else {
+          for (Index p = 0; p < a.d_k; ++p) dst[W * p + t] = S(0);
+        }
+      }
+    }
+  }
+
+  /// st[r][0:W] = k[r] . qp for R keys.
+  template <int R>
+  static void qk_kernel(const S* k, Index ldk, const S* qp, Index d_k, S* st) {
+    using Eigen::internal::pload;
+    using Eigen::internal::pmadd;
+    using Eigen::internal::pset1;
+    Packet c[R][NP];
+    for (int r = 0; r < R; ++r)
+      for (int n = 0; n < NP; ++n) c[r][n] = pset1<Packet>(S(0));
+    for (Index p = 0; p < d_k; ++p) {
+      Packet b[NP];
+      for (int n = 0; n < NP; ++n) b[n] = pload<Packet>(qp + W * p + P * n);
+      for (int r = 0; r < R; ++r) {
+        const Packet x = pset1<Packet>(k[r * ldk + p]);
+        for (int n = 0; n < NP; ++n) c[r][n] = pmadd(x, b[n], c[r][n]);
+      }
+    }
+    for (int r = 0; r < R; ++r)
+      for (int n = 0; n < NP; ++n)
+        Eigen::internal::pstore(st + r * fused_block_rows + P * n, c[r][n]);
+  }
+
+  /// Scores of one key block: st[j][i] = k[j] . (scale q[i]), j < nk, i < nq (padded to W).
+  static void scores(const FusedBlockArgs<S>& a, const S* k, Index nk, Index nq) {
+    for (Index j = 0; j < nk; j += 4) {
+      for (Index pnl = 0; pnl * W < nq; ++pnl) {
+        const S* qp = a.q_pack + pnl * W * a.d_k;
+        S* st = a.scores + j * fused_block_rows + pnl * W;
+        const S* kj = k + j * a.ldk;
+        switch (std::min<Index>(nk - j, 4)) {
+          case 4: qk_kernel<4>(kj, a.ldk, qp, a.d_k, st); break;
+          case 3: qk_kernel<3>(kj, a.ldk, qp, a.d_k, st); break;
+          case 2: qk_kernel<2>(kj, a.ldk, qp, a.d_k, st); break;
+          default: qk_kernel<1>(kj, a.ldk, qp, a.d_k, st); break;
+        }
+      }
+    }
+  }
+
+  /// Online softmax over one key block (see fused_softmax_update for the AVX2 twin).
+  static void softmax_update(const FusedBlockArgs<S>& a, Index nk, Index nq) {
+    constexpr S neg_inf = -std::numeric_limits<S>::infinity();
+    Tile st(a.scores, nk, nq, Eigen::OuterStride<>(fused_block_rows));
+    Row m(a.row_max, nq), l(a.row_sum, nq), alpha(a.alpha, nq), shift(a.shift, nq);
+    alpha = st.colwise().maxCoeff();  // block max, for a moment
+    for (Index i = 0; i < nq; ++i) {
+      const S m_new = std::max(m[i], alpha[i]);
+      // Subtract 0 instead of -inf where nothing is finite yet: no NaN from -inf - -inf.
+      shift[i] = m_new == neg_inf ? S(0) : m_new;
+      alpha[i] = std::exp(m[i] - shift[i]);  // exactly 0 when m_old = -inf
+      m[i] = m_new;
+    }
+    for (Index j = 0; j < nk; ++j) st.row(j).array() = (st.row(j) - shift).array().exp();
+    for (Index i = 0; i < nq; ++i) {
+      // Eigen's exp(-inf) can be a denormal rather than 0: a column with no finite score
+      // yet is zeroed so its sum stays 0 (a fully masked row gives zeros).
+      if (m[i] == neg_inf) st.col(i).setZero();
+    }
+    l = l.cwiseProduct(alpha) + st.colwise().sum();
+  }
+
+  /// acc[r][0:NV*P] = alpha[r] acc[r] + sum_j pt[j][r] v[j][0:NV*P] for R queries.
+  template <int R, int NV>
+  static void pv_kernel(const S* pt, Index nk, const S* v, Index ldv, S* acc, Index ldacc,
+                        const S* alpha) {
+    using Eigen::internal::pmadd;
+    using Eigen::internal::pset1;
+    using Eigen::internal::ploadu;
+    Packet c[R][NV];
+    for (int r = 0; r < R; ++r)
+      for (int n = 0; n < NV; ++n)
+        c[r][n] = Eigen::internal::pmul(pset1<Packet>(alpha[r]), ploadu<Packet>(acc + r * ldacc + P * n));
+    for (Index j = 0; j < nk; ++j) {
+      Packet b[NV];
+      for (int n = 0; n < NV; ++n) b[n] = ploadu<Packet>(v + j * ldv + P * n);
+      for (int r = 0; r < R; ++r) {
+        const Packet x = pset1<Packet>(pt[j * fused_block_rows + r]);
+        for (int n = 0; n < NV; ++n) c[r][n] = pmadd(x, b[n], c[r][n]);
+      }
+    }
+    for (int r = 0; r < R; ++r)
+      for (int n = 0; n < NV; ++n) Eigen::internal::pstoreu(acc + r * ldacc + P * n, c[r][n]);
+  }
+
+  template <int R>
+  static void pv_rows(const FusedBlockArgs<S>& a, const S* v, Index nk, Index i0) {
+    const S* pt = a.scores + i0;
+    S* acc = a.acc + i0 * a.ld_acc;
+    const S* al = a.alpha + i0;
+    Index c = 0;
+    for (; c + 2 * P <= a.d_v; c += 2 * P) pv_kernel<R, 2>(pt, nk, v + c, a.ldv, acc + c, a.ld_acc, al);
+    for (; c + P <= a.d_v; c += P) pv_kernel<R, 1>(pt, nk, v + c, a.ldv, acc + c, a.ld_acc, al);
+    for (; c < a.d_v; ++c) {  // columns past the last full packet
+      for (int r = 0; r < R; ++r) {
+        S sum = al[r] * acc[r * a.ld_acc + c];
+        for (Index j = 0; j < nk; ++j) sum += pt[j * fused_block_rows + r] * v[j * a.ldv + c];
+        acc[r * a.ld_acc + c] = sum;
+      }
+    }
+  }
+
+  /// acc[0:nq] = alpha * acc + P V for one key block (v points at the block's first key).
+  static void pv(const FusedBlockArgs<S>& a, const S* v, Index nk, Index nq) {
+    for (Index i0 = 0; i0 < nq; i0 += 4) {
+      switch (std::min<Index>(nq - i0, 4)) {
+        case 4: pv_rows<4>(a, v, nk, i0); break;
+        case 3: pv_rows<3>(a, v, nk, i0); break;
+        case 2: pv_rows<2>(a, v, nk, i0); break;
+        default: pv_rows<1>(a, v, nk, i0); break;
+      }
+    }
+  }
+};
+
+}  // namespace attend::detail

@@ -1,0 +1,224 @@
+// SPDX-License-Identifier: MIT
+// Conformance cases of the transformer blocks: layer_norm, transformer_encoder_layer,
+// transformer_decoder_layer and transformer_encoder (FIXTURES.md names; the stack's names
+// in tests/data/README.md).
+//
+// Wiring (runner.hpp): declare `template <typename S> bool run_transformer_module(const Case&,
+// Outputs<S>&);` in attend::conformance::detail before run_module, dispatch there with
+// `if (Outputs<S> out; run_transformer_module<S>(c, out)) return out;`, and include this file
+// at the end of runner.hpp. Including this file first works too: it includes runner.hpp.
+#pragma once
+
+#include "runner.hpp"
+
+#include "attend/attention/mask.hpp"
+#include "attend/ops/activation.hpp"
+#include "attend/ops/layer_norm.hpp"
+#include "attend/transformer/decoder_layer.hpp"
+#include "attend/transformer/encoder.hpp"
+#include "attend/transformer/encoder_layer.hpp"
+#include "attend/transformer/layer_options.hpp"
+
+#include <algorithm>
+#include <cstddef>
+#include <cstdint>
+#include <string>
+#include <utility>
+#include <vector>
+
+namespace attend::conformance::detail {
+
+/// A key padding mask input: BOOL/I64 (true = padding) or additive float, `[B, S]`, or
+/// `[S]` for an unbatched case (PyTorch's shape there).
+template <typename S>
+Mask read_key_padding_mask(const Case& c, const std::string& name) {
+  const auto as_2d = [&](auto m) {
+    if (m.rank() == 1) return m.reshaped({1, m.dim(0)});
+    if (m.rank() != 2) {
+      throw shape_error(name + " is " + attend::detail::shape_string(m.shape()) +
+                        ", expected [B, S] or [S]");
+    }
+    return m;
+  };
+  if (is_bool_dtype(c.st->dtype(name))) return Mask::key_padding(as_2d(c.st->get<bool>(name)));
+  const Tensor<S> m = as_2d(c.st->get<S>(name));
+  return Mask::additive(m.reshaped({m.dim(0), 1, 1, m.dim(1)}));
+}
+
+/// An optional input mask: a score mask (heads > 0 splits a 3-D one) or a key padding mask.
+template <typename S>
+Mask read_optional_mask(const Case& c, const std::string& input, Index heads, bool key_padding) {
+  const std::string name = "input." + input;
+  if (!c.st->contains(name)) return Mask();
+  return key_padding ? read_key_padding_mask<S>(c, name) : read_mask<S>(c, name, heads);
+}
+
+template <typename S>
+void run_layer_norm_case(const Case& c, Outputs<S>& out) {
+  allow_options(c, {"normalized_shape", "eps", "elementwise_affine", "bias"});
+  allow_inputs(c, {"input"});
+  // normalized_shape: an integer or a list of integers (the trailing dims of the input).
+  const auto it = c.options.find("normalized_shape");
+  if (it == c.options.end()) throw format_error("option 'normalized_shape' is required for layer_norm");
+  Shape ns;
+  if (it->is_number_integer()) {
+    ns.push_back(static_cast<Index>(it->get<std::int64_t>()));
+  } else if (it->is_array() && !it->empty()) {
+    for (const auto& d : *it) {
+      if (!d.is_number_integer()) {
+        throw format_error("option 'normalized_shape' is " + describe(*it) + ", expected integers");
+      }
+      ns.push_back(static_cast<Index>(d.get<std::int64_t>()));
+    }
+  } else {
+    throw format_error("option 'normalized_shape' is " + describe(*it) +
+                       ", expected an integer or a list of integers");
+  }
+  const double eps = opt_number(c, "eps").value_or(1e-5);
+  const bool affine = opt_bool(c, "elementwise_affine", true);
+  const bool with_bias = affine && opt_bool(c, "bias", true);
+  const Tensor<S> x = c.st->get<S>("input.input");
+  // The input's trailing dims must be normalized_shape: checked before anything is sized.
+  const std::size_t k = ns.size();
+  if (static_cast<std::size_t>(x.rank()) < k ||
+      !std::equal(ns.begin(), ns.end(), x.shape().end() - static_cast<std::ptrdiff_t>(k))) {
+    throw shape_error("input.input is " + attend::detail::shape_string(x.shape()) +
+                      ", expected [..., " + attend::detail::shape_string(ns).substr(1));
+  }
+  const Index N = attend::detail::checked_numel(ns, "layer_norm");
+  Tensor<S> y(x.shape());
+  if (k == 1 && with_bias == affine) {  // the module, loaded by its state-dict names
+    LayerNorm<S> ln(N, eps, affine);
+    ln.load_state_dict(*c.st);
+    y = ln.forward(x);
+  } else {  // multi-dim normalized_shape, or bias=False: the free function on flat rows
+    Vector<S> weight, bias;
+    if (affine) {
+      attend::detail::require_parameter(*c.st, "weight", ns, "layer_norm");
+      weight = c.st->get<S>("weight").flat();
+    }
+    if (with_bias) {
+      attend::detail::require_parameter(*c.st, "bias", ns, "layer_norm");
+      bias = c.st->get<S>("bias").flat();
+    }
+    const ConstMatrixMap<S> rows(x.data(), N == 0 ? 0 : x.size() / N, N);  // [R, N]
+    MatrixMap<S>(y.data(), rows.rows(), N) = layer_norm_forward(rows, weight, bias, eps);
+  }
+  out.emplace("output", std::move(y));
+}
+
+/// The layer options of a transformer case (shared by the layers and the stack).
+inline TransformerLayerOptions read_layer_options(const Case& c) {
+  ignore_dropout(c, "dropout");
+  if (!opt_bool(c, "bias", true)) throw unsupported("option 'bias' = false of " + c.module);
+  TransformerLayerOptions o;
+  o.d_model = opt_required_int(c, "d_model");
+  o.nhead = opt_required_int(c, "nhead");
+  o.dim_feedforward = opt_int(c, "dim_feedforward").value_or(2048);
+  const std::string act = opt_string(c, "activation", "relu");
+  if (act == "relu") {
+    o.activation = Activation::relu;
+  } else if (act == "gelu") {
+    o.activation = Activation::gelu;
+  } else {
+    throw unsupported("activation '" + act + "'");
+  }
+  o.layer_norm_eps = opt_number(c, "layer_norm_eps").value_or(1e-5);
+  o.batch_first = opt_bool(c, "batch_first", false);
+  o.norm_first = opt_bool(c, "norm_first", false);
+  return o;
+}
+
+/// The constructors allocate parameters as large as the options say: require the file to
+/// hold the largest ones first, so a small malformed file cannot make the runner allocate GBs.
+inline void require_layer_parameters(const Case& c, const TransformerLayerOptions& o,
+                                     const std::string& prefix, bool decoder) {
+  const Index E = o.d_model, F = o.dim_feedforward;
+  if (E <= 0 || F <= 0) return;  // the constructor rejects these with its own message
+  std::vector<std::pair<std::string, Shape>> params{{"self_attn.in_proj_weight", {3 * E, E}},
+                                                    {"linear1.weight", {F, E}},
+                                                    {"linear2.weight", {E, F}}};
+  if (decoder) params.push_back({"multihead_attn.in_proj_weight", {3 * E, E}});
+  for (const auto& p : params) {
+    attend::detail::require_parameter(*c.st, prefix + p.first, p.second, c.module.c_str());
+  }
+}
+
+template <typename S>
+void run_encoder_layer_case(const Case& c, Outputs<S>& out) {
+  allow_options(c, {"d_model", "nhead", "dim_feedforward", "dropout", "activation",
+                    "layer_norm_eps", "batch_first", "norm_first", "bias", "is_causal"});
+  allow_inputs(c, {"src", "src_mask", "src_key_padding_mask"});
+  const TransformerLayerOptions o = read_layer_options(c);
+  require_layer_parameters(c, o, "", false);
+  TransformerEncoderLayer<S> layer(o);
+  layer.load_state_dict(*c.st);
+  TransformerEncoderLayerArgs a;
+  a.src_mask = read_optional_mask<S>(c, "src_mask", o.nhead, false);
+  a.src_key_padding_mask = read_optional_mask<S>(c, "src_key_padding_mask", 0, true);
+  a.is_causal = opt_bool(c, "is_causal", false);
+  out.emplace("output", layer.forward(c.st->get<S>("input.src"), a));
+}
+
+template <typename S>
+void run_encoder_case(const Case& c, Outputs<S>& out) {
+  allow_options(c, {"d_model", "nhead", "dim_feedforward", "dropout", "activation",
+                    "layer_norm_eps", "batch_first", "norm_first", "bias", "is_causal",
+                    "num_layers", "enable_nested_tensor", "mask_check"});
+  allow_inputs(c, {"src", "mask", "src_key_padding_mask"});
+  const TransformerLayerOptions o = read_layer_options(c);
+  const Index n = opt_required_int(c, "num_layers");
+  for (Index i = 0; i < n; ++i) require_layer_parameters(c, o, "layers." + std::to_string(i) + ".", false);
+  // The final norm is there exactly when its parameters are (tests/data/README.md).
+  const bool final_norm = c.st->contains("norm.weight") || c.st->contains("norm.bias");
+  TransformerEncoder<S> encoder(o, n, final_norm);
+  encoder.load_state_dict(*c.st);
+  TransformerEncoderArgs a;
+  a.mask = read_optional_mask<S>(c, "mask", o.nhead, false);
+  a.src_key_padding_mask = read_optional_mask<S>(c, "src_key_padding_mask", 0, true);
+  a.is_causal = opt_bool(c, "is_causal", false);
+  out.emplace("output", encoder.forward(c.st->get<S>("input.src"), a));
+}
+
+template <typename S>
+void run_decoder_layer_case(const Case& c, Outputs<S>& out) {
+  allow_options(c, {"d_model", "nhead", "dim_feedforward", "dropout", "activation",
+                    "layer_norm_eps", "batch_first", "norm_first", "bias", "tgt_is_causal",
+                    "memory_is_causal"});
+  allow_inputs(c, {"tgt", "memory", "tgt_mask", "memory_mask", "tgt_key_padding_mask",
+                   "memory_key_padding_mask"});
+  const TransformerLayerOptions o = read_layer_options(c);
+  require_layer_parameters(c, o, "", true);
+  TransformerDecoderLayer<S> layer(o);
+  layer.load_state_dict(*c.st);
+  TransformerDecoderLayerArgs a;
+  a.tgt_mask = read_optional_mask<S>(c, "tgt_mask", o.nhead, false);
+  a.memory_mask = read_optional_mask<S>(c, "memory_mask", o.nhead, false);
+  a.tgt_key_padding_mask = read_optional_mask<S>(c, "tgt_key_padding_mask", 0, true);
+  a.memory_key_padding_mask = read_optional_mask<S>(c, "memory_key_padding_mask", 0, true);
+  a.tgt_is_causal = opt_bool(c, "tgt_is_causal", false);
+  a.memory_is_causal = opt_bool(c, "memory_is_causal", false);
+  const Tensor<S> memory = c.st->get<S>("input.memory");
+  // S = 0 memory positions would leave every cross-attention row fully masked.
+  no_empty_rows(memory, memory.rank() == 3 && o.batch_first ? 1 : 0);
+  out.emplace("output", layer.forward(c.st->get<S>("input.tgt"), memory, a));
+}
+
+/// Runs the case when its module is one of the transformer blocks; false for other modules.
+template <typename S>
+bool run_transformer_module(const Case& c, Outputs<S>& out) {
+  if (c.module == "layer_norm") {
+    run_layer_norm_case<S>(c, out);
+  } else if (c.module == "transformer_encoder_layer") {
+    run_encoder_layer_case<S>(c, out);
+  } else if (c.module == "transformer_decoder_layer") {
+    run_decoder_layer_case<S>(c, out);
+  } else if (c.module == "transformer_encoder") {
+    run_encoder_case<S>(c, out);
+  } else {
+    return false;
+  }
+  return true;
+}
+
+}  // namespace attend::conformance::detail
