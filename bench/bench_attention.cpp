@@ -8,13 +8,8 @@
 // docs/benchmarks.md, quoting every benchmark as a ratio to BM_Sgemm of the same run.
 // main() comes from benchmark::benchmark_main (bench/CMakeLists.txt): no BENCHMARK_MAIN().
 
-// GCC 12 with -march=native on an AVX-512 machine reports a false -Wmaybe-uninitialized
-// inside its own avx512fintrin.h (_mm512_undefined_ps, GCC bug 105593, fixed in GCC 13)
-// when Eigen's max reduction in softmax is inlined here; -Werror makes it fatal. The
-// warning's location is GCC's header, so the pragma must precede every include.
-#if defined(__GNUC__) && !defined(__clang__) && __GNUC__ < 13
-#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
-#endif
+// GCC 12 + -march=native: bench/CMakeLists.txt silences a false -Wmaybe-uninitialized
+// from GCC's avx512fintrin.h (GCC bug 105593).
 
 #include "attend/attention/mask.hpp"
 #include "attend/attention/multihead.hpp"
@@ -24,6 +19,7 @@
 #include "attend/core/types.hpp"
 
 #include <Eigen/Core>
+
 #include <benchmark/benchmark.h>
 #include <cblas.h>
 
@@ -72,10 +68,10 @@ const bool context_recorded = [] {
 #else
   benchmark::AddCustomContext("attend_eigen_use_blas", "no");
 #endif
-  benchmark::AddCustomContext("attend_eigen_version",
-                              std::to_string(EIGEN_WORLD_VERSION) + "." +
-                                  std::to_string(EIGEN_MAJOR_VERSION) + "." +
-                                  std::to_string(EIGEN_MINOR_VERSION));
+  const std::string eigen_version = std::to_string(EIGEN_WORLD_VERSION) + "." +
+                                    std::to_string(EIGEN_MAJOR_VERSION) + "." +
+                                    std::to_string(EIGEN_MINOR_VERSION);
+  benchmark::AddCustomContext("attend_eigen_version", eigen_version);
   benchmark::AddCustomContext("attend_eigen_simd", Eigen::SimdInstructionSetsInUse());
   benchmark::AddCustomContext("attend_eigen_threads", std::to_string(Eigen::nbThreads()));
   benchmark::AddCustomContext("attend_openblas_config", openblas_get_config());
@@ -105,7 +101,8 @@ Tensor<float> random_tensor(const attend::Shape& shape, std::uint64_t seed) {
 /// Sets the FLOPS counter (per-iteration `flops`, reported per second of CPU time) and
 /// the bytes processed (per-iteration `bytes`).
 void set_counters(benchmark::State& state, double flops, double bytes) {
-  state.counters["FLOPS"] = benchmark::Counter(flops, benchmark::Counter::kIsIterationInvariantRate);
+  state.counters["FLOPS"] =
+      benchmark::Counter(flops, benchmark::Counter::kIsIterationInvariantRate);
   state.SetBytesProcessed(static_cast<std::int64_t>(bytes) * state.iterations());
 }
 
@@ -143,8 +140,8 @@ void BM_Sgemm(benchmark::State& state) {
   Matrix<float> c = Matrix<float>::Zero(n, n);
   const int ni = static_cast<int>(n);
   for (auto _ : state) {
-    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, ni, ni, ni, 1.0f, a.data(), ni,
-                b.data(), ni, 0.0f, c.data(), ni);
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, ni, ni, ni, 1.0f, a.data(), ni, b.data(),
+                ni, 0.0f, c.data(), ni);
     benchmark::DoNotOptimize(c.data());
     benchmark::ClobberMemory();
   }

@@ -12,9 +12,9 @@
 #include "attend/ops/layer_norm.hpp"
 #include "attend/ops/linear.hpp"
 
-#include <catch2/catch.hpp>
-
 #include <Eigen/Core>
+
+#include <catch2/catch.hpp>
 
 #include <cmath>
 #include <functional>
@@ -248,8 +248,9 @@ TEMPLATE_TEST_CASE("linear.hpp: bad shapes and sizes are rejected", "[ops][error
                       "Linear::forward: x is [2, 4], expected [..., 3] (in_features)");
   REQUIRE_THROWS_WITH(lin.forward(Tensor<S>({2, 5, 4})),
                       "Linear::forward: x is [2, 5, 4], expected [..., 3] (in_features)");
-  REQUIRE_THROWS_WITH(attend::linear_forward(Matrix<S>(Matrix<S>::Zero(2, 4)), lin.weight),
-                      "linear_forward: x is [2, 4], expected [N, 3] (in_features of weight [2, 3])");
+  REQUIRE_THROWS_WITH(
+      attend::linear_forward(Matrix<S>(Matrix<S>::Zero(2, 4)), lin.weight),
+      "linear_forward: x is [2, 4], expected [N, 3] (in_features of weight [2, 3])");
   REQUIRE_THROWS_WITH(attend::linear_forward(Matrix<S>(Matrix<S>::Zero(2, 3)), lin.weight,
                                              Vector<S>(Vector<S>::Zero(3))),
                       "linear_forward: bias is [3], expected [2] (out_features) or empty");
@@ -270,18 +271,21 @@ TEMPLATE_TEST_CASE("layer_norm.hpp: LayerNorm by hand", "[ops]", float, double) 
   // eps 0: rstd = 1/sqrt(1.25) = 0.894427191; x_hat = [-1.5, -0.5, 0.5, 1.5] * rstd
   //   = [-1.341640786, -0.447213595, 0.447213595, 1.341640786]
   attend::LayerNorm<S> ln(4, 0.0);
-  require_close(ln.forward(x), mat<S>(1, 4, {-1.3416407865, -0.4472135955, 0.4472135955, 1.3416407865}),
+  require_close(ln.forward(x),
+                mat<S>(1, 4, {-1.3416407865, -0.4472135955, 0.4472135955, 1.3416407865}),
                 kHandTol<S>);
   // weight [1, 2, 1, 2], bias [0, 0, 1, 1]: [-1.341640786, -0.894427191, 1.447213595, 3.683281573]
   ln.weight = vec<S>({1, 2, 1, 2});
   ln.bias = vec<S>({0, 0, 1, 1});
-  require_close(ln.forward(x), mat<S>(1, 4, {-1.3416407865, -0.8944271910, 1.4472135955, 3.6832815730}),
+  require_close(ln.forward(x),
+                mat<S>(1, 4, {-1.3416407865, -0.8944271910, 1.4472135955, 3.6832815730}),
                 kHandTol<S>);
   // eps 0.75, no affine: var + eps = 2, rstd = 1/sqrt(2);
   //   [-1.5, -0.5, 0.5, 1.5] / sqrt(2) = [-1.060660172, -0.353553391, 0.353553391, 1.060660172]
   const attend::LayerNorm<S> plain(4, 0.75, false);
   CHECK_FALSE(plain.elementwise_affine());
-  require_close(plain.forward(x), mat<S>(1, 4, {-1.0606601718, -0.3535533906, 0.3535533906, 1.0606601718}),
+  require_close(plain.forward(x),
+                mat<S>(1, 4, {-1.0606601718, -0.3535533906, 0.3535533906, 1.0606601718}),
                 kHandTol<S>);
   // A constant row has x - mean = 0: the output is the bias alone (no NaN with eps > 0).
   attend::LayerNorm<S> c(3);
@@ -309,7 +313,8 @@ TEMPLATE_TEST_CASE("layer_norm.hpp: defaults, tensor form and in-place form agre
     const double var = (row.array() - row.mean()).square().mean();
     const auto out = y.as_matrix().row(r).template cast<double>();
     CHECK(std::abs(out.mean()) < 10 * kSameTol<S>);
-    CHECK(std::abs((out.array() - out.mean()).square().mean() - var / (var + 1e-5)) < 10 * kSameTol<S>);
+    CHECK(std::abs((out.array() - out.mean()).square().mean() - var / (var + 1e-5)) <
+          10 * kSameTol<S>);
   }
 }
 
@@ -321,13 +326,14 @@ TEST_CASE("layer_norm.hpp: layer_norm_backward matches central differences", "[o
   for (const bool affine : {true, false}) {
     const Vector<double> none;
     const auto loss = [&] {
-      return dot_loss(attend::layer_norm_forward(x, affine ? w : none, affine ? b : none, 1e-3), up);
+      return dot_loss(attend::layer_norm_forward(x, affine ? w : none, affine ? b : none, 1e-3),
+                      up);
     };
     attend::LayerNormCache<double> cache;
     attend::layer_norm_forward(x, affine ? w : none, affine ? b : none, 1e-3, &cache);
     Vector<double> dw, db;
-    const Matrix<double> dx = attend::layer_norm_backward(cache, affine ? w : none, up,
-                                                          affine ? &dw : nullptr, affine ? &db : nullptr);
+    const Matrix<double> dx = attend::layer_norm_backward(
+        cache, affine ? w : none, up, affine ? &dw : nullptr, affine ? &db : nullptr);
     CHECK(grad_error(dx, numeric_grad(x, loss)) < kGradTol);
     if (affine) {
       CHECK(grad_error(dw, numeric_grad(w, loss)) < kGradTol);
@@ -340,7 +346,8 @@ TEMPLATE_TEST_CASE("layer_norm.hpp: bad sizes, eps and shapes are rejected", "[o
                    double) {
   using S = TestType;
   REQUIRE_THROWS_AS(attend::LayerNorm<S>(0), attend::value_error);
-  REQUIRE_THROWS_WITH(attend::LayerNorm<S>(0), "LayerNorm: normalized_shape is 0, expected a positive size");
+  REQUIRE_THROWS_WITH(attend::LayerNorm<S>(0),
+                      "LayerNorm: normalized_shape is 0, expected a positive size");
   REQUIRE_THROWS_AS(attend::LayerNorm<S>(4, -1.0), attend::value_error);
   REQUIRE_THROWS_WITH(attend::LayerNorm<S>(4, -1.0),
                       "LayerNorm: eps is -1.000000, expected a finite value >= 0");
@@ -355,16 +362,19 @@ TEMPLATE_TEST_CASE("layer_norm.hpp: bad sizes, eps and shapes are rejected", "[o
                       "layer_norm_forward: weight is [4], expected [3] (the last dimension of x "
                       "[2, 3]) or empty");
   attend::LayerNormCache<S> cache;
-  attend::layer_norm_forward(Matrix<S>(Matrix<S>::Ones(2, 3)), Vector<S>(), Vector<S>(), 1e-5, &cache);
-  REQUIRE_THROWS_WITH(attend::layer_norm_backward(cache, Vector<S>(), Matrix<S>(Matrix<S>::Zero(3, 3))),
-                      "layer_norm_backward: dy is [3, 3], expected [2, 3] (the cached x_hat)");
+  attend::layer_norm_forward(Matrix<S>(Matrix<S>::Ones(2, 3)), Vector<S>(), Vector<S>(), 1e-5,
+                             &cache);
+  REQUIRE_THROWS_WITH(
+      attend::layer_norm_backward(cache, Vector<S>(), Matrix<S>(Matrix<S>::Zero(3, 3))),
+      "layer_norm_backward: dy is [3, 3], expected [2, 3] (the cached x_hat)");
 }
 
 // ========================================================================================
 // activation.hpp
 // ========================================================================================
 
-TEMPLATE_TEST_CASE("activation.hpp: relu and gelu (exact and tanh) by hand", "[ops]", float, double) {
+TEMPLATE_TEST_CASE("activation.hpp: relu and gelu (exact and tanh) by hand", "[ops]", float,
+                   double) {
   using S = TestType;
   const Matrix<S> x = mat<S>(1, 5, {1, -1, 2, -0.5, 0});
   require_close(attend::relu(x), mat<S>(1, 5, {1, 0, 2, 0, 0}), 0.0);
@@ -374,14 +384,16 @@ TEMPLATE_TEST_CASE("activation.hpp: relu and gelu (exact and tanh) by hand", "[o
   //   erf(2/sqrt2) = 0.9544997361 -> gelu(2) = 1.9544997361
   //   erf(-0.5/sqrt2) = -0.3829249225 -> gelu(-0.5) = -0.25 * 0.6170750775 = -0.1542687694
   require_close(attend::gelu(x),
-                mat<S>(1, 5, {0.8413447461, -0.1586552539, 1.9544997361, -0.1542687694, 0}), kHandTol<S>);
+                mat<S>(1, 5, {0.8413447461, -0.1586552539, 1.9544997361, -0.1542687694, 0}),
+                kHandTol<S>);
   // tanh: u = sqrt(2/pi) (x + 0.044715 x^3) = 0.7978845608 * (x + 0.044715 x^3):
   //   x = 1: u = 0.7978845608 * 1.044715 = 0.8335619689, tanh = 0.6823839812 -> 0.8411919906
   //   x = -1: -0.5 * (1 - 0.6823839812) = -0.1588080094
   //   x = 2: u = 0.7978845608 * 2.35772 = 1.8811883867, tanh = 0.9545976941 -> 1.9545976941
   //   x = -0.5: u = -0.4034019564, tanh = -0.3828560393 -> -0.25 * 0.6171439607 = -0.1542859902
   require_close(attend::gelu(x, true),
-                mat<S>(1, 5, {0.8411919906, -0.1588080094, 1.9545976941, -0.1542859902, 0}), kHandTol<S>);
+                mat<S>(1, 5, {0.8411919906, -0.1588080094, 1.9545976941, -0.1542859902, 0}),
+                kHandTol<S>);
   require_close(attend::activation(x, Activation::gelu_tanh), attend::gelu(x, true), 0.0);
   CHECK(attend::activation_from_string("gelu") == Activation::gelu);
   CHECK(std::string(attend::to_string(Activation::relu)) == "relu");
@@ -417,8 +429,8 @@ TEST_CASE("activation.hpp: unknown names and mismatched gradients are rejected",
 // dropout.hpp
 // ========================================================================================
 
-TEMPLATE_TEST_CASE("dropout.hpp: identity in evaluation and at p = 0; rng untouched", "[ops]", float,
-                   double) {
+TEMPLATE_TEST_CASE("dropout.hpp: identity in evaluation and at p = 0; rng untouched", "[ops]",
+                   float, double) {
   using S = TestType;
   Rng data(1);
   Matrix<S> x(4, 5);
@@ -432,8 +444,8 @@ TEMPLATE_TEST_CASE("dropout.hpp: identity in evaluation and at p = 0; rng untouc
   CHECK(rng.next() == fresh.next());  // neither call drew a number
 }
 
-TEMPLATE_TEST_CASE("dropout.hpp: inverted scaling, seeded and reproducible", "[ops][property]", float,
-                   double) {
+TEMPLATE_TEST_CASE("dropout.hpp: inverted scaling, seeded and reproducible", "[ops][property]",
+                   float, double) {
   using S = TestType;
   const double p = 0.3;
   const Matrix<S> x = Matrix<S>::Ones(200, 200);
@@ -464,7 +476,8 @@ TEMPLATE_TEST_CASE("dropout.hpp: inverted scaling, seeded and reproducible", "[o
   for (int i = 0; i < 40000; ++i) skip.uniform();
   CHECK(r1.next() == skip.next());
   // Backward: the upstream gradient flows through kept elements, scaled the same way.
-  const Matrix<S> dx = attend::dropout_backward(cache, Matrix<S>(Matrix<S>::Constant(200, 200, S(2))));
+  const Matrix<S> dx =
+      attend::dropout_backward(cache, Matrix<S>(Matrix<S>::Constant(200, 200, S(2))));
   CHECK(dx == Matrix<S>(y * S(2)));
 }
 

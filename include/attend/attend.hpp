@@ -31,6 +31,7 @@
 #include "attend/attention/scaled_dot_product.hpp"
 #include "attend/attention/fused.hpp"
 #include "attend/attention/multihead.hpp"
+#include "attend/attention/kv_cache.hpp"
 
 #include "attend/rnn/alignment.hpp"
 #include "attend/rnn/cells.hpp"

@@ -9,8 +9,6 @@
 // at the end of runner.hpp. Including this file first works too: it includes runner.hpp.
 #pragma once
 
-#include "runner.hpp"
-
 #include "attend/attention/mask.hpp"
 #include "attend/ops/activation.hpp"
 #include "attend/ops/layer_norm.hpp"
@@ -25,6 +23,8 @@
 #include <string>
 #include <utility>
 #include <vector>
+
+#include "runner.hpp"
 
 namespace attend::conformance::detail {
 
@@ -59,7 +59,8 @@ void run_layer_norm_case(const Case& c, Outputs<S>& out) {
   allow_inputs(c, {"input"});
   // normalized_shape: an integer or a list of integers (the trailing dims of the input).
   const auto it = c.options.find("normalized_shape");
-  if (it == c.options.end()) throw format_error("option 'normalized_shape' is required for layer_norm");
+  if (it == c.options.end())
+    throw format_error("option 'normalized_shape' is required for layer_norm");
   Shape ns;
   if (it->is_number_integer()) {
     ns.push_back(static_cast<Index>(it->get<std::int64_t>()));
@@ -168,7 +169,8 @@ void run_encoder_case(const Case& c, Outputs<S>& out) {
   allow_inputs(c, {"src", "mask", "src_key_padding_mask"});
   const TransformerLayerOptions o = read_layer_options(c);
   const Index n = opt_required_int(c, "num_layers");
-  for (Index i = 0; i < n; ++i) require_layer_parameters(c, o, "layers." + std::to_string(i) + ".", false);
+  for (Index i = 0; i < n; ++i)
+    require_layer_parameters(c, o, "layers." + std::to_string(i) + ".", false);
   // The final norm is there exactly when its parameters are (tests/data/README.md).
   const bool final_norm = c.st->contains("norm.weight") || c.st->contains("norm.bias");
   TransformerEncoder<S> encoder(o, n, final_norm);
@@ -182,9 +184,9 @@ void run_encoder_case(const Case& c, Outputs<S>& out) {
 
 template <typename S>
 void run_decoder_layer_case(const Case& c, Outputs<S>& out) {
-  allow_options(c, {"d_model", "nhead", "dim_feedforward", "dropout", "activation",
-                    "layer_norm_eps", "batch_first", "norm_first", "bias", "tgt_is_causal",
-                    "memory_is_causal"});
+  allow_options(c,
+                {"d_model", "nhead", "dim_feedforward", "dropout", "activation", "layer_norm_eps",
+                 "batch_first", "norm_first", "bias", "tgt_is_causal", "memory_is_causal"});
   allow_inputs(c, {"tgt", "memory", "tgt_mask", "memory_mask", "tgt_key_padding_mask",
                    "memory_key_padding_mask"});
   const TransformerLayerOptions o = read_layer_options(c);

@@ -1,5 +1,5 @@
 // SPDX-License-Identifier: MIT
-// Element-wise activations of the feed-forward block: ReLU and GELU (exact and tanh), with backward.
+// Element-wise activations ReLU and GELU (exact and tanh approximation), with backward.
 #pragma once
 
 #include "attend/core/errors.hpp"
@@ -20,9 +20,12 @@ enum class Activation { relu, gelu, gelu_tanh };
 /// The name PyTorch-style configs use: "relu", "gelu", "gelu_tanh".
 inline const char* to_string(Activation a) noexcept {
   switch (a) {
-    case Activation::relu: return "relu";
-    case Activation::gelu: return "gelu";
-    case Activation::gelu_tanh: return "gelu_tanh";
+    case Activation::relu:
+      return "relu";
+    case Activation::gelu:
+      return "gelu";
+    case Activation::gelu_tanh:
+      return "gelu_tanh";
   }
   return "?";
 }
@@ -80,9 +83,15 @@ S gelu_tanh_derivative(S x) {
 template <typename S>
 void activation_inplace(MatrixRef<S> x, Activation act) {
   switch (act) {
-    case Activation::relu: x.array() = x.array().max(S(0)); return;
-    case Activation::gelu: x = x.unaryExpr([](S v) { return gelu_exact(v); }); return;
-    case Activation::gelu_tanh: x = x.unaryExpr([](S v) { return gelu_tanh(v); }); return;
+    case Activation::relu:
+      x.array() = x.array().max(S(0));
+      return;
+    case Activation::gelu:
+      x = x.unaryExpr([](S v) { return gelu_exact(v); });
+      return;
+    case Activation::gelu_tanh:
+      x = x.unaryExpr([](S v) { return gelu_tanh(v); });
+      return;
   }
 }
 
@@ -144,9 +153,9 @@ Matrix<typename DerivedX::Scalar> gelu_backward(const Eigen::MatrixBase<DerivedX
     throw shape_error("gelu_backward: dy is " + detail::matrix_shape(dy) + ", expected " +
                       detail::matrix_shape(x));
   }
-  const Matrix<S> d = approximate_tanh
-                          ? x.unaryExpr([](S v) { return detail::gelu_tanh_derivative(v); }).eval()
-                          : x.unaryExpr([](S v) { return detail::gelu_exact_derivative(v); }).eval();
+  const Matrix<S> d =
+      approximate_tanh ? x.unaryExpr([](S v) { return detail::gelu_tanh_derivative(v); }).eval()
+                       : x.unaryExpr([](S v) { return detail::gelu_exact_derivative(v); }).eval();
   return (d.array() * dy.array()).matrix();
 }
 

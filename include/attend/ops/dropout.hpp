@@ -18,8 +18,8 @@ namespace attend {
 /// What dropout_backward needs: which elements were kept, and their scale.
 template <typename Scalar>
 struct DropoutCache {
-  BoolMatrix keep;     // [R, C] true = kept
-  Scalar scale = 1;    // 1 / (1 - p) in training, 1 in evaluation
+  BoolMatrix keep;   // [R, C] true = kept
+  Scalar scale = 1;  // 1 / (1 - p) in training, 1 in evaluation
 };
 
 namespace detail {
@@ -50,12 +50,12 @@ inline void check_dropout_p(double p, const char* who) {
 ///       zeroes everything; here it is an error, since no gradient can flow).
 /// \sa dropout_backward, Dropout
 template <typename Derived>
-Matrix<typename Derived::Scalar> dropout_forward(const Eigen::MatrixBase<Derived>& x, double p,
-                                                 bool training, Rng& rng,
-                                                 DropoutCache<typename Derived::Scalar>* cache =
-                                                     nullptr) {
+Matrix<typename Derived::Scalar> dropout_forward(
+    const Eigen::MatrixBase<Derived>& x, double p, bool training, Rng& rng,
+    DropoutCache<typename Derived::Scalar>* cache = nullptr) {
   using S = typename Derived::Scalar;
-  static_assert(is_supported_scalar_v<S>, "attend::dropout_forward: Scalar must be float or double");
+  static_assert(is_supported_scalar_v<S>,
+                "attend::dropout_forward: Scalar must be float or double");
   detail::check_dropout_p(p, "dropout_forward");
   Matrix<S> y = x;
   const bool active = training && p > 0.0;
@@ -104,9 +104,9 @@ class Dropout {
 
   /// \param x [R, C] \param rng advanced by R * C draws when active \returns [R, C]
   template <typename Derived>
-  Matrix<typename Derived::Scalar> forward(const Eigen::MatrixBase<Derived>& x, Rng& rng,
-                                           DropoutCache<typename Derived::Scalar>* cache =
-                                               nullptr) const {
+  Matrix<typename Derived::Scalar> forward(
+      const Eigen::MatrixBase<Derived>& x, Rng& rng,
+      DropoutCache<typename Derived::Scalar>* cache = nullptr) const {
     return dropout_forward(x, p_, training, rng, cache);
   }
 

@@ -29,8 +29,8 @@ namespace detail {
 /// \param x [R, N] \param weight, bias [N] or empty \param out [R, N]
 /// \param cache if not null, receives x_hat and rstd (must be sized [R, N] and [R])
 template <typename S>
-void layer_norm_rows(const MatrixCRef<S>& x, const Vector<S>& weight, const Vector<S>& bias,
-                     S eps, MatrixRef<S> out, LayerNormCache<S>* cache = nullptr) {
+void layer_norm_rows(const MatrixCRef<S>& x, const Vector<S>& weight, const Vector<S>& bias, S eps,
+                     MatrixRef<S> out, LayerNormCache<S>* cache = nullptr) {
   const Index N = x.cols();
   const S inv_n = S(1) / static_cast<S>(N);
   for (Index i = 0; i < x.rows(); ++i) {
@@ -77,7 +77,8 @@ Matrix<typename Derived::Scalar> layer_norm_forward(
   static_assert(is_supported_scalar_v<S>,
                 "attend::layer_norm_forward: Scalar must be float or double");
   const Index N = x.cols();
-  for (const auto& p : {std::make_pair("weight", weight.size()), std::make_pair("bias", bias.size())}) {
+  for (const auto& p :
+       {std::make_pair("weight", weight.size()), std::make_pair("bias", bias.size())}) {
     if (p.second != 0 && p.second != N) {
       throw shape_error(std::string("layer_norm_forward: ") + p.first + " is [" +
                         std::to_string(p.second) + "], expected [" + std::to_string(N) +
@@ -119,12 +120,14 @@ Matrix<S> layer_norm_backward(const LayerNormCache<S>& cache, const Vector<S>& w
   for (Vector<S>* g : {d_weight, d_bias}) {
     if (g && g->size() == 0) *g = Vector<S>::Zero(N);
     if (g && g->size() != N) {
-      throw shape_error(std::string("layer_norm_backward: ") + (g == d_weight ? "d_weight" : "d_bias") +
-                        " is [" + std::to_string(g->size()) + "], expected [" + std::to_string(N) + "]");
+      throw shape_error(std::string("layer_norm_backward: ") +
+                        (g == d_weight ? "d_weight" : "d_bias") + " is [" +
+                        std::to_string(g->size()) + "], expected [" + std::to_string(N) + "]");
     }
   }
   // forward: y = x_hat * weight + bias
-  if (d_weight) *d_weight += (dy.array() * cache.x_hat.array()).colwise().sum().matrix().transpose();
+  if (d_weight)
+    *d_weight += (dy.array() * cache.x_hat.array()).colwise().sum().matrix().transpose();
   if (d_bias) *d_bias += dy.colwise().sum().transpose();
   Matrix<S> g = dy;  // [R, N] dL/dx_hat
   if (weight.size() != 0) g.array().rowwise() *= weight.transpose().array();
@@ -134,8 +137,8 @@ Matrix<S> layer_norm_backward(const LayerNormCache<S>& cache, const Vector<S>& w
   for (Index i = 0; i < R; ++i) {
     const S mean_g = g.row(i).sum() * inv_n;
     const S mean_gx = g.row(i).dot(cache.x_hat.row(i)) * inv_n;
-    dx.row(i) = cache.rstd(i) *
-                (g.row(i).array() - mean_g - cache.x_hat.row(i).array() * mean_gx).matrix();
+    dx.row(i) =
+        cache.rstd(i) * (g.row(i).array() - mean_g - cache.x_hat.row(i).array() * mean_gx).matrix();
   }
   return dx;
 }
@@ -187,7 +190,8 @@ class LayerNorm {
 
   /// \param x [R, N] \param cache optional, for layer_norm_backward \returns [R, N]
   /// \throws shape_error when x is not [R, normalized_shape].
-  Matrix<Scalar> forward(const MatrixCRef<Scalar>& x, LayerNormCache<Scalar>* cache = nullptr) const {
+  Matrix<Scalar> forward(const MatrixCRef<Scalar>& x,
+                         LayerNormCache<Scalar>* cache = nullptr) const {
     check_width(x.cols(), detail::matrix_shape(x));
     return layer_norm_forward(x, weight, bias, eps_, cache);
   }

@@ -53,10 +53,9 @@ void check_linear_args(const Eigen::MatrixBase<DX>& x, const Eigen::MatrixBase<D
 /// \note torch.nn.functional.linear; llm.c matmul_forward (weight (OC, C)).
 /// \sa linear_backward, Linear
 template <typename DX, typename DW>
-Matrix<typename DX::Scalar> linear_forward(const Eigen::MatrixBase<DX>& x,
-                                           const Eigen::MatrixBase<DW>& weight,
-                                           const Vector<typename DX::Scalar>& bias =
-                                               Vector<typename DX::Scalar>()) {
+Matrix<typename DX::Scalar> linear_forward(
+    const Eigen::MatrixBase<DX>& x, const Eigen::MatrixBase<DW>& weight,
+    const Vector<typename DX::Scalar>& bias = Vector<typename DX::Scalar>()) {
   using S = typename DX::Scalar;
   static_assert(is_supported_scalar_v<S>, "attend::linear_forward: Scalar must be float or double");
   detail::check_linear_args(x, weight, bias.size(), "linear_forward");
@@ -98,9 +97,9 @@ Matrix<typename DX::Scalar> linear_backward(const Eigen::MatrixBase<DX>& x,
     }
   }
   // forward: y = x W^T + b
-  d_weight.noalias() += dy.transpose() * x;                 // [out, in]
+  d_weight.noalias() += dy.transpose() * x;               // [out, in]
   if (d_bias) *d_bias += dy.colwise().sum().transpose();  // [out]
-  Matrix<S> dx(x.rows(), weight.cols());                    // [N, in]
+  Matrix<S> dx(x.rows(), weight.cols());                  // [N, in]
   dx.noalias() = dy * weight;
   return dx;
 }

@@ -1,5 +1,5 @@
 // SPDX-License-Identifier: MIT
-// A transformer decoder layer (self-, cross-attention, feed-forward), nn.TransformerDecoderLayer parity.
+// A transformer decoder layer (self-, cross-attention, feed-forward) as nn.TransformerDecoderLayer.
 #pragma once
 
 #include "attend/attention/mask.hpp"
@@ -138,7 +138,8 @@ class TransformerDecoderLayer {
       X += multihead_attn.forward(h, memory, memory, ca).output.as_matrix();
       h = x;  // norm3(x)
       norm3.forward_inplace(h.as_matrix());
-      detail::add_feed_forward<Scalar>(h.as_matrix(), linear1, linear2, options.activation, hidden, X);
+      detail::add_feed_forward<Scalar>(h.as_matrix(), linear1, linear2, options.activation, hidden,
+                                       X);
     } else {
       X += self_attn.forward(x, sa).output.as_matrix();
       norm1.forward_inplace(X);

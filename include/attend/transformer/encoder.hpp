@@ -50,8 +50,8 @@ class TransformerEncoder {
   /// `num_layers` layers with the same options, each initialised from its own stream
   /// derived from `seed` (PyTorch deep-copies one layer, so its layers start equal).
   /// \throws value_error when num_layers is not positive or the options are invalid.
-  TransformerEncoder(const TransformerLayerOptions& layer, Index num_layers, bool final_norm = false,
-                     std::uint64_t seed = 0) {
+  TransformerEncoder(const TransformerLayerOptions& layer, Index num_layers,
+                     bool final_norm = false, std::uint64_t seed = 0) {
     if (num_layers <= 0) {
       throw value_error("TransformerEncoder: num_layers is " + std::to_string(num_layers) +
                         ", expected a positive count");

@@ -1,5 +1,5 @@
 // SPDX-License-Identifier: MIT
-// A transformer encoder layer (self-attention + feed-forward) with nn.TransformerEncoderLayer parity.
+// A transformer encoder layer (self-attention, feed-forward) as nn.TransformerEncoderLayer.
 #pragma once
 
 #include "attend/attention/mask.hpp"
@@ -93,7 +93,8 @@ class TransformerEncoderLayer {
   /// \returns shaped as src
   /// \throws shape_error when src is not [L, B, d_model] (or the batch_first/unbatched
   ///   form) or a mask does not broadcast against [B, nhead, L, L]; value_error on NaN/Inf.
-  Tensor<Scalar> forward(const Tensor<Scalar>& src, const TransformerEncoderLayerArgs& args = {}) const {
+  Tensor<Scalar> forward(const Tensor<Scalar>& src,
+                         const TransformerEncoderLayerArgs& args = {}) const {
     const std::string who = "TransformerEncoderLayer::forward";
     const detail::SequenceDims d =
         detail::check_sequence(src, options.d_model, options.batch_first, nullptr, who, "src", "L");
@@ -105,8 +106,8 @@ class TransformerEncoderLayer {
     a.need_weights = false;
     a.is_causal = args.is_causal;
 
-    Tensor<Scalar> x = src;                                 // the residual stream, shaped as src
-    MatrixMap<Scalar> X = x.as_matrix();                    // [L * B, E], rows in src's order
+    Tensor<Scalar> x = src;                                    // the residual stream, shaped as src
+    MatrixMap<Scalar> X = x.as_matrix();                       // [L * B, E], rows in src's order
     Matrix<Scalar> hidden(X.rows(), options.dim_feedforward);  // [L * B, F] workspace
     if (options.norm_first) {
       Tensor<Scalar> h = x;  // norm1(x)
@@ -114,7 +115,8 @@ class TransformerEncoderLayer {
       X += self_attn.forward(h, a).output.as_matrix();
       h = x;  // norm2(x)
       norm2.forward_inplace(h.as_matrix());
-      detail::add_feed_forward<Scalar>(h.as_matrix(), linear1, linear2, options.activation, hidden, X);
+      detail::add_feed_forward<Scalar>(h.as_matrix(), linear1, linear2, options.activation, hidden,
+                                       X);
     } else {
       X += self_attn.forward(x, a).output.as_matrix();
       norm1.forward_inplace(X);

@@ -1,0 +1,529 @@
+// SPDX-License-Identifier: MIT
+// Tests of transformer/: encoder and decoder layers and the encoder stack (PyTorch fixtures,
+// properties, state-dict loading and error paths).
+#include "attend/attention/mask.hpp"
+#include "attend/attention/multihead.hpp"
+#include "attend/core/errors.hpp"
+#include "attend/core/random.hpp"
+#include "attend/core/tensor.hpp"
+#include "attend/core/types.hpp"
+#include "attend/io/safetensors.hpp"
+#include "attend/io/safetensors_writer.hpp"
+#include "attend/ops/activation.hpp"
+#include "attend/ops/layer_norm.hpp"
+#include "attend/ops/linear.hpp"
+#include "attend/transformer/decoder_layer.hpp"
+#include "attend/transformer/encoder.hpp"
+#include "attend/transformer/encoder_layer.hpp"
+#include "attend/transformer/layer_options.hpp"
+
+#include <Eigen/Core>
+
+#include <catch2/catch.hpp>
+
+#include <cmath>
+#include <cstdint>
+#include <limits>
+#include <sstream>
+#include <string>
+#include <type_traits>
+#include <vector>
+
+#ifndef ATTEND_TEST_DATA_DIR
+#define ATTEND_TEST_DATA_DIR "tests/data"
+#endif
+
+namespace {
+
+using attend::Index;
+using attend::Mask;
+using attend::Matrix;
+using attend::Rng;
+using attend::Shape;
+using attend::Tensor;
+using attend::TransformerDecoderLayer;
+using attend::TransformerDecoderLayerArgs;
+using attend::TransformerEncoder;
+using attend::TransformerEncoderArgs;
+using attend::TransformerEncoderLayer;
+using attend::TransformerEncoderLayerArgs;
+using attend::TransformerLayerOptions;
+
+// ---- tolerances ------------------------------------------------------------------------
+
+/// The same layer on the same numbers through another layout or batch split (seq-first vs
+/// batch_first, one batch vs several, unbatched): only Eigen's summation order may change
+/// with alignment; LayerNorm divides by row stds ~1, so a few ulps of O(1) values.
+template <typename S>
+constexpr double kSameTol = std::is_same_v<S, float> ? 5e-6 : 1e-13;
+
+/// Two mathematically equal computations rounded in different orders (a stack vs its
+/// layers applied by hand, a mask spelled two ways): a few ulps through two layers.
+template <typename S>
+constexpr double kReorderTol = std::is_same_v<S, float> ? 2e-5 : 1e-12;
+
+// ---- helpers ---------------------------------------------------------------------------
+
+template <typename A, typename B>
+void require_close(const Eigen::MatrixBase<A>& got, const Eigen::MatrixBase<B>& want, double atol,
+                   double rtol = 0.0) {
+  REQUIRE(got.rows() == want.rows());
+  REQUIRE(got.cols() == want.cols());
+  double max_err = 0.0;
+  Index bad_i = -1, bad_j = -1;
+  for (Index i = 0; i < got.rows(); ++i) {
+    for (Index j = 0; j < got.cols(); ++j) {
+      const double g = static_cast<double>(got(i, j)), w = static_cast<double>(want(i, j));
+      const double err = std::abs(g - w);
+      max_err = std::max(max_err, std::isnan(err) ? std::numeric_limits<double>::infinity() : err);
+      if (!(g == w || err <= atol + rtol * std::abs(w)) && bad_i < 0) {
+        bad_i = i;
+        bad_j = j;
+      }
+    }
+  }
+  std::ostringstream msg;
+  msg.precision(17);
+  msg << "max |got - want| = " << max_err << " (atol " << atol << ", rtol " << rtol << ")";
+  if (bad_i >= 0) {
+    msg << "; first mismatch at [" << bad_i << ", " << bad_j << "]: got " << got(bad_i, bad_j)
+        << ", want " << want(bad_i, bad_j);
+  }
+  INFO(msg.str());
+  REQUIRE(bad_i < 0);
+}
+
+template <typename A, typename B>
+void require_close(const Tensor<A>& got, const Tensor<B>& want, double atol, double rtol = 0.0) {
+  REQUIRE(got.shape() == want.shape());
+  require_close(got.as_matrix(), want.as_matrix(), atol, rtol);
+}
+
+template <typename S>
+Tensor<S> random_tensor(const Shape& shape, Rng& rng, double bound = 1.0) {
+  Tensor<S> t(shape);
+  for (Index i = 0; i < t.size(); ++i) t.data()[i] = static_cast<S>(rng.uniform(-bound, bound));
+  return t;
+}
+
+/// [T, B, E] <-> [B, T, E].
+template <typename S>
+Tensor<S> swap01(const Tensor<S>& x) {
+  Tensor<S> y({x.dim(1), x.dim(0), x.dim(2)});
+  for (Index i = 0; i < x.dim(0); ++i)
+    for (Index j = 0; j < x.dim(1); ++j)
+      for (Index k = 0; k < x.dim(2); ++k) y(j, i, k) = x(i, j, k);
+  return y;
+}
+
+/// Sequence b of a [T, B, E] tensor as [T, E].
+template <typename S>
+Tensor<S> seq_of(const Tensor<S>& x, Index b) {
+  Tensor<S> y({x.dim(0), x.dim(2)});
+  for (Index t = 0; t < x.dim(0); ++t)
+    for (Index k = 0; k < x.dim(2); ++k) y(t, k) = x(t, b, k);
+  return y;
+}
+
+TransformerLayerOptions small_options(bool norm_first = false, bool batch_first = false) {
+  TransformerLayerOptions o;
+  o.d_model = 8;
+  o.nhead = 2;
+  o.dim_feedforward = 16;
+  o.activation = attend::Activation::gelu;
+  o.norm_first = norm_first;
+  o.batch_first = batch_first;
+  return o;
+}
+
+/// Random biases and norm parameters (the defaults are zeros and ones, which hide them).
+template <typename S, typename Layer>
+void randomize_small_parameters(Layer& layer, Rng& rng) {
+  const auto fill = [&](auto& v, double center) {
+    for (Index i = 0; i < v.size(); ++i) v(i) = static_cast<S>(center + rng.uniform(-0.3, 0.3));
+  };
+  fill(layer.self_attn.in_proj_bias, 0.0);
+  fill(layer.self_attn.out_proj_bias, 0.0);
+  fill(layer.norm1.weight, 1.0);
+  fill(layer.norm1.bias, 0.0);
+  fill(layer.norm2.weight, 1.0);
+  fill(layer.norm2.bias, 0.0);
+}
+
+template <typename S>
+void add_vector(attend::SafeTensorsWriter& w, const std::string& name, const attend::Vector<S>& v) {
+  Tensor<S> t({v.size()});
+  t.flat() = v;
+  w.add(name, t);
+}
+
+template <typename S>
+void add_layer_common(attend::SafeTensorsWriter& w, const std::string& p,
+                      const attend::MultiheadAttention<S>& sa, const attend::Linear<S>& l1,
+                      const attend::Linear<S>& l2) {
+  w.add(p + "self_attn.in_proj_weight", Tensor<S>::from_matrix(sa.in_proj_weight));
+  add_vector(w, p + "self_attn.in_proj_bias", sa.in_proj_bias);
+  w.add(p + "self_attn.out_proj.weight", Tensor<S>::from_matrix(sa.out_proj_weight));
+  add_vector(w, p + "self_attn.out_proj.bias", sa.out_proj_bias);
+  w.add(p + "linear1.weight", Tensor<S>::from_matrix(l1.weight));
+  add_vector(w, p + "linear1.bias", l1.bias);
+  w.add(p + "linear2.weight", Tensor<S>::from_matrix(l2.weight));
+  add_vector(w, p + "linear2.bias", l2.bias);
+}
+
+/// Writes an encoder layer's parameters under PyTorch's state-dict names.
+template <typename S>
+void add_encoder_layer(attend::SafeTensorsWriter& w, const std::string& p,
+                       const TransformerEncoderLayer<S>& layer) {
+  add_layer_common(w, p, layer.self_attn, layer.linear1, layer.linear2);
+  add_vector(w, p + "norm1.weight", layer.norm1.weight);
+  add_vector(w, p + "norm1.bias", layer.norm1.bias);
+  add_vector(w, p + "norm2.weight", layer.norm2.weight);
+  add_vector(w, p + "norm2.bias", layer.norm2.bias);
+}
+
+/// The fixture's tolerance-checked output of a case file.
+template <typename S>
+void check_fixture(const Tensor<S>& got, const attend::SafeTensors& st) {
+  const double rtol = std::stod(st.metadata().at("rtol"));
+  const double atol = std::stod(st.metadata().at("atol"));
+  require_close(got, st.get<S>("expected.output"), atol, rtol);
+}
+
+std::string fixture(const std::string& rel) {
+  return std::string(ATTEND_TEST_DATA_DIR) + "/" + rel;
+}
+
+// ========================================================================================
+// PyTorch fixtures (the whole set runs in attend-conformance; these pin one case each)
+// ========================================================================================
+
+TEST_CASE("encoder_layer.hpp: matches nn.TransformerEncoderLayer fixtures",
+          "[transformer][fixture]") {
+  SECTION("pre-norm gelu, batch_first, double") {
+    const auto st = attend::SafeTensors::load(
+        fixture("transformer_encoder_layer/pre_norm_gelu_batch_first_f64.safetensors"));
+    TransformerLayerOptions o = small_options(true, true);
+    TransformerEncoderLayer<double> layer(o);
+    layer.load_state_dict(st);
+    check_fixture(layer.forward(st.get<double>("input.src")), st);
+  }
+  SECTION("pre-norm relu with an I64 key padding mask and an additive causal mask, float") {
+    const auto st = attend::SafeTensors::load(
+        fixture("transformer_encoder_layer/key_padding_i64_causal_f32.safetensors"));
+    TransformerLayerOptions o = small_options(true, false);
+    o.activation = attend::Activation::relu;
+    TransformerEncoderLayer<float> layer(o);
+    layer.load_state_dict(st);
+    TransformerEncoderLayerArgs a;
+    a.src_mask = Mask::from_torch_mha_additive(st.get<float>("input.src_mask"), 2);
+    a.src_key_padding_mask = Mask::key_padding(st.get<bool>("input.src_key_padding_mask"));
+    check_fixture(layer.forward(st.get<float>("input.src"), a), st);
+  }
+}
+
+TEST_CASE("decoder_layer.hpp: matches nn.TransformerDecoderLayer fixtures",
+          "[transformer][fixture]") {
+  const auto st = attend::SafeTensors::load(
+      fixture("transformer_decoder_layer/causal_memory_padding_f64.safetensors"));
+  TransformerLayerOptions o = small_options(false, false);
+  o.activation = attend::Activation::relu;
+  TransformerDecoderLayer<double> layer(o);
+  layer.load_state_dict(st);
+  TransformerDecoderLayerArgs a;
+  a.tgt_mask = Mask::from_torch_mha_additive(st.get<double>("input.tgt_mask"), 2);
+  a.memory_key_padding_mask = Mask::key_padding(st.get<bool>("input.memory_key_padding_mask"));
+  check_fixture(layer.forward(st.get<double>("input.tgt"), st.get<double>("input.memory"), a), st);
+  // The same causal mask as the tgt_is_causal flag gives the same result.
+  TransformerDecoderLayerArgs b;
+  b.tgt_is_causal = true;
+  b.memory_key_padding_mask = a.memory_key_padding_mask;
+  check_fixture(layer.forward(st.get<double>("input.tgt"), st.get<double>("input.memory"), b), st);
+}
+
+TEST_CASE("encoder.hpp: matches a 2-layer nn.TransformerEncoder with final norm",
+          "[transformer][fixture]") {
+  const auto st = attend::SafeTensors::load(
+      fixture("transformer_encoder/post_norm_final_norm_f32.safetensors"));
+  TransformerLayerOptions o = small_options();
+  o.activation = attend::Activation::relu;
+  TransformerEncoder<float> encoder(o, 2, true);
+  encoder.load_state_dict(st);
+  check_fixture(encoder.forward(st.get<float>("input.src")), st);
+}
+
+// ========================================================================================
+// properties
+// ========================================================================================
+
+TEMPLATE_TEST_CASE("encoder_layer.hpp: zeroed sublayers leave the residual path",
+                   "[transformer][property]", float, double) {
+  using S = TestType;
+  Rng rng(1);
+  const Tensor<S> src = random_tensor<S>({5, 2, 8}, rng, 2.0);
+  for (const bool norm_first : {true, false}) {
+    TransformerEncoderLayer<S> layer(small_options(norm_first), 3);
+    randomize_small_parameters<S>(layer, rng);
+    // Attention and feed-forward outputs are exactly zero with zero output projections.
+    layer.self_attn.out_proj_weight.setZero();
+    layer.self_attn.out_proj_bias.setZero();
+    layer.linear2.weight.setZero();
+    layer.linear2.bias.setZero();
+    const Tensor<S> y = layer.forward(src);
+    if (norm_first) {
+      CHECK(y.as_matrix() == src.as_matrix());  // x + 0 + 0, exactly
+    } else {
+      require_close(y, layer.norm2.forward(layer.norm1.forward(src)), kSameTol<S>);
+    }
+  }
+}
+
+TEMPLATE_TEST_CASE("encoder_layer.hpp: layouts, unbatched input and batch splits agree",
+                   "[transformer][property]", float, double) {
+  using S = TestType;
+  Rng rng(2);
+  const Tensor<S> src = random_tensor<S>({6, 3, 8}, rng);  // [L, B, E]
+  for (const bool norm_first : {false, true}) {
+    TransformerEncoderLayer<S> seq_first(small_options(norm_first, false), 5);
+    randomize_small_parameters<S>(seq_first, rng);
+    TransformerEncoderLayer<S> batch_first = seq_first;
+    batch_first.options.batch_first = true;
+    batch_first.self_attn.options.batch_first = true;
+    const Tensor<S> y = seq_first.forward(src);
+    require_close(batch_first.forward(swap01(src)), swap01(y), kSameTol<S>);
+    for (Index b = 0; b < 3; ++b) {
+      require_close(seq_first.forward(seq_of(src, b)), seq_of(y, b), kSameTol<S>);  // unbatched
+    }
+  }
+}
+
+TEMPLATE_TEST_CASE("encoder_layer.hpp: padded and future positions do not leak",
+                   "[transformer][property]", float, double) {
+  using S = TestType;
+  Rng rng(3);
+  TransformerEncoderLayer<S> layer(small_options(false, true), 7);
+  randomize_small_parameters<S>(layer, rng);
+  const Index B = 2, L = 6;
+  const Tensor<S> src = random_tensor<S>({B, L, 8}, rng);
+  Tensor<S> changed = src;
+  for (Index k = 0; k < 8; ++k) changed(1, 5, k) += S(3);  // last position of sequence 1
+  TransformerEncoderLayerArgs pad;
+  pad.src_key_padding_mask = Mask::key_padding_lengths({6, 5}, L);  // sequence 1: 5 valid
+  const Tensor<S> y0 = layer.forward(src, pad), y1 = layer.forward(changed, pad);
+  require_close(y1.matrix(1).topRows(5), y0.matrix(1).topRows(5), 0.0);  // identical bits
+  require_close(y1.matrix(0), y0.matrix(0), 0.0);
+  CHECK(y1.matrix(1).row(5) != y0.matrix(1).row(5));  // the padded query itself is computed
+
+  TransformerEncoderLayerArgs causal;
+  causal.is_causal = true;
+  const Tensor<S> c0 = layer.forward(src, causal), c1 = layer.forward(changed, causal);
+  require_close(c1.matrix(1).topRows(5), c0.matrix(1).topRows(5), 0.0);
+  // is_causal, Mask::causal() and PyTorch's bool triu mask are one mask.
+  TransformerEncoderLayerArgs as_mask;
+  as_mask.src_mask = Mask::causal();
+  require_close(layer.forward(src, as_mask), c0, 0.0);
+  Tensor<bool> triu({L, L}, false);
+  for (Index i = 0; i < L; ++i)
+    for (Index j = i + 1; j < L; ++j) triu(i, j) = true;
+  TransformerEncoderLayerArgs torch_mask;
+  torch_mask.src_mask = Mask::from_torch_mha(triu, 2);
+  require_close(layer.forward(src, torch_mask), c0, kSameTol<S>);
+}
+
+TEMPLATE_TEST_CASE("decoder_layer.hpp: causal self-attention, memory padding, layouts",
+                   "[transformer][property]", float, double) {
+  using S = TestType;
+  Rng rng(4);
+  for (const bool norm_first : {false, true}) {
+    TransformerDecoderLayer<S> layer(small_options(norm_first), 11);
+    randomize_small_parameters<S>(layer, rng);
+    const Tensor<S> tgt = random_tensor<S>({5, 2, 8}, rng),
+                    memory = random_tensor<S>({7, 2, 8}, rng);
+    TransformerDecoderLayerArgs a;
+    a.tgt_is_causal = true;
+    a.memory_key_padding_mask = Mask::key_padding_lengths({7, 4}, 7);
+    const Tensor<S> y = layer.forward(tgt, memory, a);
+    // A later target position or a padded memory position changes nothing before it.
+    Tensor<S> tgt2 = tgt, memory2 = memory;
+    for (Index k = 0; k < 8; ++k) {
+      tgt2(4, 0, k) += S(2);
+      tgt2(4, 1, k) -= S(2);
+      memory2(6, 1, k) += S(5);  // padded in sequence 1
+    }
+    const Tensor<S> y2 = layer.forward(tgt2, memory, a);
+    require_close(Matrix<S>(y2.as_matrix().topRows(8)), Matrix<S>(y.as_matrix().topRows(8)), 0.0);
+    require_close(seq_of(layer.forward(tgt, memory2, a), 1), seq_of(y, 1), 0.0);
+    // batch_first and unbatched agree with seq-first.
+    TransformerDecoderLayer<S> bf = layer;
+    bf.options.batch_first = bf.self_attn.options.batch_first =
+        bf.multihead_attn.options.batch_first = true;
+    require_close(bf.forward(swap01(tgt), swap01(memory), a), swap01(y), kSameTol<S>);
+    TransformerDecoderLayerArgs one;
+    one.tgt_is_causal = true;
+    one.memory_key_padding_mask = Mask::key_padding_lengths({4}, 7);
+    require_close(layer.forward(seq_of(tgt, 1), seq_of(memory, 1), one), seq_of(y, 1), kSameTol<S>);
+  }
+}
+
+TEMPLATE_TEST_CASE("encoder.hpp: the stack is its layers in turn, then the final norm",
+                   "[transformer][property]", float, double) {
+  using S = TestType;
+  Rng rng(5);
+  TransformerEncoder<S> encoder(small_options(true), 3, true, 17);
+  REQUIRE(encoder.num_layers() == 3);
+  REQUIRE(encoder.norm.has_value());
+  for (auto& layer : encoder.layers) randomize_small_parameters<S>(layer, rng);
+  CHECK(encoder.layers[0].linear1.weight != encoder.layers[1].linear1.weight);  // own streams
+  const Tensor<S> src = random_tensor<S>({4, 2, 8}, rng);
+  TransformerEncoderArgs a;
+  a.src_key_padding_mask = Mask::key_padding_lengths({4, 2}, 4);
+  TransformerEncoderLayerArgs la;
+  la.src_key_padding_mask = a.src_key_padding_mask;
+  Tensor<S> want = src;
+  for (const auto& layer : encoder.layers) want = layer.forward(want, la);
+  want = encoder.norm->forward(want);
+  require_close(encoder.forward(src, a), want, kReorderTol<S>);
+}
+
+// ========================================================================================
+// construction and loading
+// ========================================================================================
+
+TEMPLATE_TEST_CASE("encoder_layer.hpp: PyTorch initialisation, seeded", "[transformer]", float,
+                   double) {
+  using S = TestType;
+  const TransformerEncoderLayer<S> a(small_options(), 1), b(small_options(), 1),
+      c(small_options(), 2);
+  CHECK(a.self_attn.in_proj_weight == b.self_attn.in_proj_weight);
+  CHECK(a.linear2.weight == b.linear2.weight);
+  CHECK(a.self_attn.in_proj_weight != c.self_attn.in_proj_weight);
+  CHECK(a.linear1.weight.rows() == 16);
+  CHECK(a.linear1.weight.cols() == 8);
+  CHECK(a.linear2.weight.cwiseAbs().maxCoeff() <= S(0.25));  // 1/sqrt(dim_feedforward = 16)
+  CHECK(a.self_attn.in_proj_bias == attend::Vector<S>::Zero(24));
+  CHECK(a.norm1.weight == attend::Vector<S>::Ones(8));
+  CHECK(a.norm2.bias == attend::Vector<S>::Zero(8));
+  CHECK(a.norm1.eps() == 1e-5);
+}
+
+TEMPLATE_TEST_CASE("encoder.hpp: load_state_dict by PyTorch names, all or nothing", "[transformer]",
+                   float, double) {
+  using S = TestType;
+  Rng rng(6);
+  TransformerEncoder<S> source(small_options(), 2, true, 21);
+  for (auto& layer : source.layers) randomize_small_parameters<S>(layer, rng);
+  source.norm->weight.setConstant(S(1.5));
+  attend::SafeTensorsWriter w;
+  add_encoder_layer(w, "encoder.layers.0.", source.layers[0]);
+  add_encoder_layer(w, "encoder.layers.1.", source.layers[1]);
+  add_vector(w, "encoder.norm.weight", source.norm->weight);
+  add_vector(w, "encoder.norm.bias", source.norm->bias);
+  const auto st = attend::SafeTensors::parse(w.to_bytes(), "mem");
+
+  TransformerEncoder<S> target(small_options(), 2, true, 22);
+  const Tensor<S> src = random_tensor<S>({3, 2, 8}, rng);
+  target.load_state_dict(st, "encoder.");
+  require_close(target.forward(src), source.forward(src), 0.0);
+
+  TransformerEncoder<S> three(small_options(), 3, true, 23);
+  const Tensor<S> before = three.forward(src);
+  REQUIRE_THROWS_AS(three.load_state_dict(st, "encoder."), attend::index_error);
+  REQUIRE_THROWS_WITH(
+      three.load_state_dict(st, "encoder."),
+      "load_matrix: no parameter named 'encoder.layers.2.self_attn.in_proj_weight' in mem");
+  require_close(three.forward(src), before, 0.0);  // layers 0 and 1 were not replaced either
+}
+
+// ========================================================================================
+// errors
+// ========================================================================================
+
+TEMPLATE_TEST_CASE("layer_options.hpp: invalid options are rejected at construction",
+                   "[transformer][error]", float, double) {
+  using S = TestType;
+  TransformerLayerOptions o = small_options();
+  o.d_model = 10;
+  o.nhead = 3;
+  REQUIRE_THROWS_AS(TransformerEncoderLayer<S>(o), attend::value_error);
+  REQUIRE_THROWS_WITH(TransformerEncoderLayer<S>(o),
+                      "TransformerEncoderLayer: d_model 10 is not divisible by nhead 3");
+  REQUIRE_THROWS_WITH(TransformerDecoderLayer<S>(o),
+                      "TransformerDecoderLayer: d_model 10 is not divisible by nhead 3");
+  REQUIRE_THROWS_WITH(TransformerEncoder<S>(o, 2),
+                      "TransformerEncoderLayer: d_model 10 is not divisible by nhead 3");
+  o = small_options();
+  o.nhead = 0;
+  REQUIRE_THROWS_WITH(
+      TransformerEncoderLayer<S>(o),
+      "TransformerEncoderLayer: d_model is 8 and nhead is 0, expected both positive");
+  o = small_options();
+  o.dim_feedforward = 0;
+  REQUIRE_THROWS_WITH(TransformerDecoderLayer<S>(o),
+                      "TransformerDecoderLayer: dim_feedforward is 0, expected a positive size");
+  o = small_options();
+  o.layer_norm_eps = -1e-5;
+  REQUIRE_THROWS_WITH(
+      TransformerEncoderLayer<S>(o),
+      "TransformerEncoderLayer: layer_norm_eps is -1e-05, expected a finite value >= 0");
+  REQUIRE_THROWS_AS(TransformerEncoder<S>(small_options(), 0), attend::value_error);
+  REQUIRE_THROWS_WITH(TransformerEncoder<S>(small_options(), 0),
+                      "TransformerEncoder: num_layers is 0, expected a positive count");
+}
+
+TEMPLATE_TEST_CASE("encoder_layer.hpp, decoder_layer.hpp: bad input shapes are rejected",
+                   "[transformer][error]", float, double) {
+  using S = TestType;
+  const TransformerEncoderLayer<S> enc(small_options());
+  const TransformerEncoderLayer<S> enc_bf(small_options(false, true));
+  REQUIRE_THROWS_AS(enc.forward(Tensor<S>({5, 2, 7})), attend::shape_error);
+  REQUIRE_THROWS_WITH(
+      enc.forward(Tensor<S>({5, 2, 7})),
+      "TransformerEncoderLayer::forward: src is [5, 2, 7], expected [L, B, 8] (d_model)");
+  REQUIRE_THROWS_WITH(
+      enc_bf.forward(Tensor<S>({2, 5, 7})),
+      "TransformerEncoderLayer::forward: src is [2, 5, 7], expected [B, L, 8] (d_model)");
+  REQUIRE_THROWS_WITH(
+      enc.forward(Tensor<S>({1, 5, 2, 8})),
+      "TransformerEncoderLayer::forward: src is [1, 5, 2, 8], expected [L, B, 8] or "
+      "[L, 8] (d_model)");
+  TransformerEncoderLayerArgs bad_mask;
+  bad_mask.src_mask =
+      Mask::causal() & Mask::deny(attend::BoolMatrix(attend::BoolMatrix::Zero(4, 4)));
+  REQUIRE_THROWS_WITH(enc.forward(Tensor<S>({5, 2, 8}), bad_mask),
+                      "TransformerEncoderLayer::forward: src_mask is [1, 1, 4, 4], expected "
+                      "broadcastable to [2, 2, 5, 5]");
+  TransformerEncoderLayerArgs bad_pad;
+  bad_pad.src_key_padding_mask = Mask::key_padding_lengths({5, 5, 5}, 5);
+  REQUIRE_THROWS_WITH(enc.forward(Tensor<S>({5, 2, 8}), bad_pad),
+                      "TransformerEncoderLayer::forward: src_key_padding_mask is [3, 1, 1, 5], "
+                      "expected broadcastable to [2, 1, 1, 5]");
+
+  const TransformerDecoderLayer<S> dec(small_options());
+  const Tensor<S> tgt({4, 2, 8});
+  REQUIRE_THROWS_AS(dec.forward(tgt, Tensor<S>({6, 2, 7})), attend::shape_error);
+  REQUIRE_THROWS_WITH(
+      dec.forward(tgt, Tensor<S>({6, 2, 7})),
+      "TransformerDecoderLayer::forward: memory is [6, 2, 7], expected [S, 2, 8] (d_model)");
+  REQUIRE_THROWS_WITH(
+      dec.forward(tgt, Tensor<S>({6, 3, 8})),
+      "TransformerDecoderLayer::forward: memory is [6, 3, 8], expected [S, 2, 8] (d_model)");
+  REQUIRE_THROWS_WITH(
+      dec.forward(tgt, Tensor<S>({6, 8})),
+      "TransformerDecoderLayer::forward: memory is [6, 8], expected [S, 2, 8] (d_model)");
+  REQUIRE_THROWS_WITH(
+      dec.forward(Tensor<S>({4, 8}), Tensor<S>({6, 1, 8})),
+      "TransformerDecoderLayer::forward: memory is [6, 1, 8], expected [S, 8] (d_model)");
+  REQUIRE_THROWS_WITH(
+      dec.forward(Tensor<S>({4, 2, 9}), Tensor<S>({6, 2, 8})),
+      "TransformerDecoderLayer::forward: tgt is [4, 2, 9], expected [L, B, 8] (d_model)");
+  TransformerDecoderLayerArgs bad;
+  bad.memory_key_padding_mask = Mask::key_padding_lengths({4, 4}, 4);
+  REQUIRE_THROWS_WITH(dec.forward(tgt, Tensor<S>({6, 2, 8}), bad),
+                      "TransformerDecoderLayer::forward: memory_key_padding_mask is [2, 1, 1, 4], "
+                      "expected broadcastable to [2, 1, 1, 6]");
+  Tensor<S> nan_tgt({4, 2, 8});
+  nan_tgt(1, 0, 3) = std::numeric_limits<S>::quiet_NaN();
+  REQUIRE_THROWS_AS(dec.forward(nan_tgt, Tensor<S>({6, 2, 8})), attend::value_error);
+}
+
+}  // namespace
