@@ -925,12 +925,12 @@ TEMPLATE_TEST_CASE("runner: sizes from options are checked before anything is al
 TEMPLATE_TEST_CASE("runner: what the runner does not handle is UNSUPPORTED", "[conformance]", float,
                    double) {
   using S = TestType;
-  // lstm is a real module of the contract, not built yet.
-  CaseFile lstm("lstm", R"({"input_size": 1, "hidden_size": 1})", kExact, kExact);
-  lstm.add<S>("weight_ih_l0", {4, 1}, {1, 1, 1, 1})
-      .template add<S>("weight_hh_l0", {4, 1}, {1, 1, 1, 1});
-  lstm.add<S>("input.input", {1, 1, 1}, {0}).template add<S>("expected.output", {1, 1, 1}, {0});
-  CHECK(verdict(lstm.run()) == "UNSUPPORTED module 'lstm'");
+  // A module name the library does not have (PyTorch's Conv1d).
+  CaseFile conv("conv1d", R"({"in_channels": 1, "out_channels": 1, "kernel_size": 1})", kExact,
+                kExact);
+  conv.add<S>("weight", {1, 1, 1}, {1});
+  conv.add<S>("input.input", {1, 1, 1}, {0}).template add<S>("expected.output", {1, 1, 1}, {0});
+  CHECK(verdict(conv.run()) == "UNSUPPORTED module 'conv1d'");
   // Unknown option and unknown input.
   CHECK(verdict(softmax_case<S>({2}, {0, 0}, {0.5, 0.5}, kExact, kExact,
                                 R"({"dim": -1, "dtype": "float64"})")

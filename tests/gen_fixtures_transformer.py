@@ -9,8 +9,9 @@ Usage (Debian's python3-torch; the pyenv `python3` has no torch):
     /usr/bin/python3 tests/gen_fixtures_transformer.py --check    # re-read and re-verify them
     /usr/bin/python3 tests/gen_fixtures_transformer.py --out DIR  # write elsewhere
 
-Modules: layer_norm, transformer_encoder_layer, transformer_decoder_layer and
-transformer_encoder (a stack with an optional final norm; names in tests/data/README.md).
+Modules: layer_norm, transformer_encoder_layer, transformer_decoder_layer, and three the
+contract's table does not list (names in tests/data/README.md): transformer_encoder and
+transformer_decoder (stacks with an optional final norm) and transformer (nn.Transformer).
 The file format, seeding, dtype handling and mask helpers come from tests/gen_fixtures.py
 (imported, not copied): one case per file, built from float64 random data with a per-case
 seed, written once in float32 (reference computed by torch in float32) and once in
@@ -51,7 +52,7 @@ F32, F64 = gf.F32, gf.F64
 DEFAULT_OUT = os.path.join(HERE, "data")
 GENERATOR = "tests/gen_fixtures_transformer.py (torch %s)" % torch.__version__
 MODULES = ("layer_norm", "transformer_encoder_layer", "transformer_decoder_layer",
-           "transformer_encoder")
+           "transformer_encoder", "transformer_decoder", "transformer")
 
 # ---------------------------------------------------------------------------------------
 # Tolerances (rtol, atol), checked as atol + rtol * |want|. The measured worst ratios
@@ -361,10 +362,11 @@ def gen_encoder_layers(w, module):
 # transformer_decoder_layer
 # ---------------------------------------------------------------------------------------
 
-def gen_decoder_layer(w):
-    module = "transformer_decoder_layer"
+def gen_decoder(w, module):
+    """transformer_decoder_layer, or transformer_decoder (2-layer stacks) when asked."""
+    stack = module == "transformer_decoder"
     base = dict(E=8, H=2, F=16, L=4, S=6, B=2)
-    cases = [
+    cases = [] if stack else [
         ("post_norm_relu", dict(base, explicit={"activation": "relu", "norm_first": False,
                                                 "layer_norm_eps": 1e-5, "batch_first": False}),
          "post-norm relu, tgt [L=4, B=2, E=8], memory [S=6, 2, 8], every option at its default"),
@@ -392,10 +394,28 @@ def gen_decoder_layer(w):
                       mkpm=[13, 7, 1]),
          "d_model 32, 4 heads, F 64, L 9, S 13, B 3, pre-norm, causal tgt_mask, memory padding"),
     ]
+    if stack:
+        cases = [
+            ("post_norm_final_norm", dict(base, final_norm=True, tgt_mask="causal_float", mkpm=[6, 4]),
+             "2 post-norm relu layers + final LayerNorm, additive causal tgt_mask, BOOL "
+             "memory_key_padding_mask (lengths 6, 4)"),
+            ("pre_norm_final_norm_batch_first", dict(base, final_norm=True, norm_first=True,
+                                                     activation="gelu", batch_first=True,
+                                                     tgt_is_causal=True, tkpm=[4, 2]),
+             "2 pre-norm gelu layers + final norm, batch_first, option tgt_is_causal, BOOL "
+             "tgt_key_padding_mask (lengths 4, 2)"),
+            ("no_final_norm_memory_mask", dict(base, memory_mask="bool2d"),
+             "2 post-norm layers without final norm (no norm.* tensors), BOOL memory_mask [4, 6]"),
+        ]
     for case, spec, description in cases:
         gf.seed_for(module, case)
         E, H, L, S, B = spec["E"], spec["H"], spec["L"], spec["S"], spec["B"]
-        model = torch.nn.TransformerDecoderLayer(E, H, **torch_layer_kwargs(spec)).eval()
+        model = torch.nn.TransformerDecoderLayer(E, H, **torch_layer_kwargs(spec))
+        if stack:
+            final = torch.nn.LayerNorm(E, eps=spec.get("layer_norm_eps", 1e-5), dtype=F64) \
+                if spec.get("final_norm") else None
+            model = torch.nn.TransformerDecoder(model, 2, norm=final)
+        model = model.eval()
         randomize(model)
         tgt64, mem64 = seq(spec, B, L, E), seq(spec, B, S, E)
         what = "%s/%s" % (module, case)
@@ -408,6 +428,8 @@ def gen_decoder_layer(w):
         check_attention_rows(what + " self-attention masks", Bm, H, L, L, tgt_mask64, tkpm, tgt_causal)
         check_attention_rows(what + " cross-attention masks", Bm, H, L, S, memory_mask64, mkpm, False)
         options = layer_options(spec)
+        if stack:
+            options["num_layers"] = 2
         if tgt_causal:
             options["tgt_is_causal"] = True
         for dtype in (F32, F64):
@@ -426,6 +448,61 @@ def gen_decoder_layer(w):
                 tensors["input.tgt_key_padding_mask"] = tkpm.to(torch.int64) if spec.get("tkpm_i64") else tkpm
             if mkpm is not None:
                 tensors["input.memory_key_padding_mask"] = mkpm
+            tensors["expected.output"] = out
+            write_case(w, module, case, dtype, tensors, options, TOL_TRANSFORMER, description)
+
+
+# ---------------------------------------------------------------------------------------
+# transformer (nn.Transformer: encoder and decoder stacks, each with its final norm)
+# ---------------------------------------------------------------------------------------
+
+def gen_transformer(w):
+    module = "transformer"
+    base = dict(E=8, H=2, F=16, L=4, S=6, B=2)
+    cases = [
+        ("post_norm_masks", dict(base, skpm=[6, 4], tgt_mask="causal_float"),
+         "2 + 2 post-norm relu layers, src [S=6, B=2, E=8], tgt [L=4, 2, 8]; src_key_padding_mask "
+         "= memory_key_padding_mask (lengths 6, 4), additive causal tgt_mask"),
+        ("pre_norm_gelu_batch_first", dict(base, norm_first=True, activation="gelu", batch_first=True,
+                                           tgt_is_causal=True, src_mask="bool2d", tkpm=[4, 3]),
+         "2 + 2 pre-norm gelu layers, batch_first, option tgt_is_causal, BOOL src_mask [6, 6], BOOL "
+         "tgt_key_padding_mask (lengths 4, 3)"),
+    ]
+    for case, spec, description in cases:
+        gf.seed_for(module, case)
+        E, H, L, S, B = spec["E"], spec["H"], spec["L"], spec["S"], spec["B"]
+        kwargs = torch_layer_kwargs(spec)
+        model = torch.nn.Transformer(E, H, num_encoder_layers=2, num_decoder_layers=2, **kwargs).eval()
+        randomize(model)
+        src64, tgt64 = seq(spec, B, S, E), seq(spec, B, L, E)
+        what = "%s/%s" % (module, case)
+        src_mask64 = make_mask(spec.get("src_mask"), S, S, B, H, what + " src_mask")
+        tgt_mask64 = make_mask(spec.get("tgt_mask"), L, L, B, H, what + " tgt_mask")
+        skpm = padding(B, S, spec["skpm"]) if "skpm" in spec else None
+        tkpm = padding(B, L, spec["tkpm"]) if "tkpm" in spec else None
+        tgt_causal = spec.get("tgt_is_causal", False)
+        check_attention_rows(what + " encoder masks", B, H, S, S, src_mask64, skpm, False)
+        check_attention_rows(what + " decoder masks", B, H, L, L, tgt_mask64, tkpm, tgt_causal)
+        check_attention_rows(what + " memory masks", B, H, L, S, None, skpm, False)
+        options = layer_options(spec)
+        options.update({"num_encoder_layers": 2, "num_decoder_layers": 2})
+        if tgt_causal:
+            options["tgt_is_causal"] = True
+        for dtype in (F32, F64):
+            model_d = copy.deepcopy(model).to(dtype)
+            src, tgt = src64.to(dtype), tgt64.to(dtype)
+            src_mask, tgt_mask = as_written(src_mask64, dtype), as_written(tgt_mask64, dtype)
+            out = run_plain(model_d, src, tgt, src_mask=src_mask,
+                            tgt_mask=causal_blocked(L) if tgt_causal else tgt_mask,
+                            src_key_padding_mask=skpm, tgt_key_padding_mask=tkpm,
+                            memory_key_padding_mask=skpm)
+            tensors = {n: p.detach().clone() for n, p in model_d.named_parameters()}
+            tensors["input.src"], tensors["input.tgt"] = src, tgt
+            for name, m in (("src_mask", src_mask), ("tgt_mask", tgt_mask),
+                            ("src_key_padding_mask", skpm), ("memory_key_padding_mask", skpm),
+                            ("tgt_key_padding_mask", tkpm)):
+                if m is not None:
+                    tensors["input." + name] = m
             tensors["expected.output"] = out
             write_case(w, module, case, dtype, tensors, options, TOL_TRANSFORMER, description)
 
@@ -496,20 +573,27 @@ def ref_encoder_layer(g, prefix, opts, x, mask, kpm, causal):
     return ln("norm2", x + ref_ff(g, prefix, x, act))
 
 
-def ref_decoder_layer(g, opts, x, mem):
+def ref_decoder_layer(g, prefix, opts, x, mem):
     eps, act, H = opts.get("layer_norm_eps", 1e-5), opts.get("activation", "relu"), opts["nhead"]
-    ln = lambda name, y: ref_layer_norm(y, g[name + ".weight"], g[name + ".bias"], eps)
-    sa = lambda y: ref_attention(g, "self_attn.", y, y, H, g.get("input.tgt_mask"),
+    ln = lambda name, y: ref_layer_norm(y, g[prefix + name + ".weight"], g[prefix + name + ".bias"], eps)
+    sa = lambda y: ref_attention(g, prefix + "self_attn.", y, y, H, g.get("input.tgt_mask"),
                                  g.get("input.tgt_key_padding_mask"), opts.get("tgt_is_causal", False))
-    ca = lambda y: ref_attention(g, "multihead_attn.", y, mem, H, g.get("input.memory_mask"),
+    ca = lambda y: ref_attention(g, prefix + "multihead_attn.", y, mem, H, g.get("input.memory_mask"),
                                  g.get("input.memory_key_padding_mask"), opts.get("memory_is_causal", False))
     if opts.get("norm_first", False):
         x = x + sa(ln("norm1", x))
         x = x + ca(ln("norm2", x))
-        return x + ref_ff(g, "", ln("norm3", x), act)
+        return x + ref_ff(g, prefix, ln("norm3", x), act)
     x = ln("norm1", x + sa(x))
     x = ln("norm2", x + ca(x))
-    return ln("norm3", x + ref_ff(g, "", x, act))
+    return ln("norm3", x + ref_ff(g, prefix, x, act))
+
+
+def ref_final_norm(g, prefix, opts, x):
+    if prefix + "norm.weight" not in g:
+        return x
+    return ref_layer_norm(x, g[prefix + "norm.weight"], g[prefix + "norm.bias"],
+                          opts.get("layer_norm_eps", 1e-5))
 
 
 def to_batch_major(x, opts):
@@ -531,7 +615,23 @@ def recompute(module, opts, t):
     if module == "transformer_decoder_layer":
         x, back = to_batch_major(g["input.tgt"], opts)
         mem, _ = to_batch_major(g["input.memory"], opts)
-        return {"expected.output": back(ref_decoder_layer(g, opts, x, mem))}
+        return {"expected.output": back(ref_decoder_layer(g, "", opts, x, mem))}
+    if module == "transformer_decoder":
+        x, back = to_batch_major(g["input.tgt"], opts)
+        mem, _ = to_batch_major(g["input.memory"], opts)
+        for i in range(opts["num_layers"]):
+            x = ref_decoder_layer(g, "layers.%d." % i, opts, x, mem)
+        return {"expected.output": back(ref_final_norm(g, "", opts, x))}
+    if module == "transformer":
+        mem, _ = to_batch_major(g["input.src"], opts)
+        x, back = to_batch_major(g["input.tgt"], opts)
+        for i in range(opts["num_encoder_layers"]):
+            mem = ref_encoder_layer(g, "encoder.layers.%d." % i, opts, mem, g.get("input.src_mask"),
+                                    g.get("input.src_key_padding_mask"), opts.get("src_is_causal", False))
+        mem = ref_final_norm(g, "encoder.", opts, mem)
+        for i in range(opts["num_decoder_layers"]):
+            x = ref_decoder_layer(g, "decoder.layers.%d." % i, opts, x, mem)
+        return {"expected.output": back(ref_final_norm(g, "decoder.", opts, x))}
     x, back = to_batch_major(g["input.src"], opts)
     kpm = g.get("input.src_key_padding_mask")
     causal = opts.get("is_causal", False)
@@ -540,9 +640,7 @@ def recompute(module, opts, t):
                                                           kpm, causal))}
     for i in range(opts["num_layers"]):
         x = ref_encoder_layer(g, "layers.%d." % i, opts, x, g.get("input.mask"), kpm, causal)
-    if "norm.weight" in g:
-        x = ref_layer_norm(x, g["norm.weight"], g["norm.bias"], opts.get("layer_norm_eps", 1e-5))
-    return {"expected.output": back(x)}
+    return {"expected.output": back(ref_final_norm(g, "", opts, x))}
 
 
 def check(out_dir):
@@ -596,8 +694,10 @@ def main():
     try:
         gen_layer_norm(w)
         gen_encoder_layers(w, "transformer_encoder_layer")
-        gen_decoder_layer(w)
+        gen_decoder(w, "transformer_decoder_layer")
         gen_encoder_layers(w, "transformer_encoder")
+        gen_decoder(w, "transformer_decoder")
+        gen_transformer(w)
     except gf.FixtureError as e:
         sys.exit("gen_fixtures_transformer: %s" % e)
     counts = {}

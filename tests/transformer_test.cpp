@@ -1,17 +1,25 @@
 // SPDX-License-Identifier: MIT
 // Tests of transformer/: encoder and decoder layers and the encoder stack (PyTorch fixtures,
 // properties, state-dict loading and error paths).
+#include "attend/transformer/transformer.hpp"
+
+#include "attend/attention/alibi.hpp"
+#include "attend/attention/grouped_query.hpp"
+#include "attend/attention/kv_cache.hpp"
 #include "attend/attention/mask.hpp"
 #include "attend/attention/multihead.hpp"
 #include "attend/core/errors.hpp"
 #include "attend/core/random.hpp"
 #include "attend/core/tensor.hpp"
 #include "attend/core/types.hpp"
+#include "attend/embedding/learned_positional.hpp"
+#include "attend/embedding/rotary.hpp"
 #include "attend/io/safetensors.hpp"
 #include "attend/io/safetensors_writer.hpp"
 #include "attend/ops/activation.hpp"
 #include "attend/ops/layer_norm.hpp"
 #include "attend/ops/linear.hpp"
+#include "attend/transformer/decoder.hpp"
 #include "attend/transformer/decoder_layer.hpp"
 #include "attend/transformer/encoder.hpp"
 #include "attend/transformer/encoder_layer.hpp"
@@ -21,6 +29,7 @@
 
 #include <catch2/catch.hpp>
 
+#include <algorithm>
 #include <cmath>
 #include <cstdint>
 #include <limits>
@@ -41,6 +50,7 @@ using attend::Matrix;
 using attend::Rng;
 using attend::Shape;
 using attend::Tensor;
+using attend::TransformerDecoder;
 using attend::TransformerDecoderLayer;
 using attend::TransformerDecoderLayerArgs;
 using attend::TransformerEncoder;
@@ -56,6 +66,17 @@ using attend::TransformerLayerOptions;
 /// with alignment; LayerNorm divides by row stds ~1, so a few ulps of O(1) values.
 template <typename S>
 constexpr double kSameTol = std::is_same_v<S, float> ? 5e-6 : 1e-13;
+
+/// Incremental decoding vs recomputing the prefix: the same sums, but projections of one
+/// row vs a block GEMM and a softmax over the cached keys vs a masked full row may round
+/// differently; through up to 2 layers and 50 positions a few ulps of O(1) values.
+template <typename S>
+constexpr double kCacheTol = std::is_same_v<S, float> ? 2e-5 : 1e-12;
+
+/// Hand values written with 10 decimals (rounding <= 5e-11); float results carry a few
+/// ulps of values up to ~4.
+template <typename S>
+constexpr double kHandTol = std::is_same_v<S, float> ? 2e-6 : 1e-10;
 
 /// Two mathematically equal computations rounded in different orders (a stack vs its
 /// layers applied by hand, a mask spelled two ways): a few ulps through two layers.
@@ -250,6 +271,41 @@ TEST_CASE("encoder.hpp: matches a 2-layer nn.TransformerEncoder with final norm"
   TransformerEncoder<float> encoder(o, 2, true);
   encoder.load_state_dict(st);
   check_fixture(encoder.forward(st.get<float>("input.src")), st);
+}
+
+TEST_CASE("decoder.hpp: matches a 2-layer nn.TransformerDecoder with final norm",
+          "[transformer][fixture]") {
+  const auto st = attend::SafeTensors::load(
+      fixture("transformer_decoder/pre_norm_final_norm_batch_first_f32.safetensors"));
+  TransformerDecoder<float> decoder(small_options(true, true), 2, true);
+  decoder.load_state_dict(st);
+  TransformerDecoderLayerArgs a;
+  a.tgt_is_causal = true;
+  a.tgt_key_padding_mask = Mask::key_padding(st.get<bool>("input.tgt_key_padding_mask"));
+  check_fixture(decoder.forward(st.get<float>("input.tgt"), st.get<float>("input.memory"), a), st);
+}
+
+TEST_CASE("transformer.hpp: matches nn.Transformer (2 + 2 layers)", "[transformer][fixture]") {
+  const auto st = attend::SafeTensors::load(fixture("transformer/post_norm_masks_f64.safetensors"));
+  attend::TransformerOptions o;
+  o.layer = small_options();
+  o.layer.activation = attend::Activation::relu;
+  o.num_encoder_layers = o.num_decoder_layers = 2;
+  attend::Transformer<double> model(o);
+  model.load_state_dict(st);
+  attend::TransformerArgs a;
+  a.src_key_padding_mask = Mask::key_padding(st.get<bool>("input.src_key_padding_mask"));
+  a.memory_key_padding_mask = a.src_key_padding_mask;
+  a.tgt_mask = Mask::from_torch_mha_additive(st.get<double>("input.tgt_mask"), 2);
+  const Tensor<double> src = st.get<double>("input.src"), tgt = st.get<double>("input.tgt");
+  const Tensor<double> y = model.forward(src, tgt, a);
+  check_fixture(y, st);
+  require_close(model.decode(tgt, model.encode(src, a), a), y, 0.0);  // the same two calls
+  REQUIRE_THROWS_AS(model.forward(src, Tensor<double>({4, 3, 8}), a), attend::shape_error);
+  REQUIRE_THROWS_WITH(model.forward(src, Tensor<double>({4, 3, 8}), a),
+                      "Transformer::forward: tgt is [4, 3, 8], expected [L, 2, 8] (d_model)");
+  REQUIRE_THROWS_WITH(model.forward(Tensor<double>({6, 2, 4}), tgt, a),
+                      "Transformer::forward: src is [6, 2, 4], expected [S, B, 8] (d_model)");
 }
 
 // ========================================================================================
@@ -468,6 +524,8 @@ TEMPLATE_TEST_CASE("layer_options.hpp: invalid options are rejected at construct
   REQUIRE_THROWS_AS(TransformerEncoder<S>(small_options(), 0), attend::value_error);
   REQUIRE_THROWS_WITH(TransformerEncoder<S>(small_options(), 0),
                       "TransformerEncoder: num_layers is 0, expected a positive count");
+  REQUIRE_THROWS_WITH(TransformerDecoder<S>(small_options(), -1),
+                      "TransformerDecoder: num_layers is -1, expected a positive count");
 }
 
 TEMPLATE_TEST_CASE("encoder_layer.hpp, decoder_layer.hpp: bad input shapes are rejected",
@@ -524,6 +582,316 @@ TEMPLATE_TEST_CASE("encoder_layer.hpp, decoder_layer.hpp: bad input shapes are r
   Tensor<S> nan_tgt({4, 2, 8});
   nan_tgt(1, 0, 3) = std::numeric_limits<S>::quiet_NaN();
   REQUIRE_THROWS_AS(dec.forward(nan_tgt, Tensor<S>({6, 2, 8})), attend::value_error);
+}
+
+// ========================================================================================
+// incremental decoding with a KV cache
+// ========================================================================================
+
+TEMPLATE_TEST_CASE("kv_cache.hpp: 50 cached self-attention steps equal causal attention",
+                   "[transformer][property]", float, double) {
+  using S = TestType;
+  Rng rng(7);
+  for (const bool batch_first : {false, true}) {
+    attend::MultiheadAttentionOptions o;
+    o.embed_dim = 8;
+    o.num_heads = 2;
+    o.batch_first = batch_first;
+    attend::MultiheadAttention<S> mha(o, 3);
+    for (Index i = 0; i < mha.in_proj_bias.size(); ++i)
+      mha.in_proj_bias(i) = S(rng.uniform(-0.3, 0.3));
+    const Index L = 50, B = 2;
+    const Tensor<S> x = random_tensor<S>({L, B, 8}, rng);  // seq-first
+    const Tensor<S> input = batch_first ? swap01(x) : x;
+    attend::MultiheadAttentionArgs causal;
+    causal.is_causal = true;
+    causal.need_weights = false;
+    const Tensor<S> full = mha.forward(input, causal).output;
+    const Tensor<S> want = batch_first ? swap01(full) : full;  // [L, B, E]
+    // One position per step; then the same in chunks of 1, 3 and 7 positions.
+    for (const Index chunk : {Index(1), Index(3), Index(7)}) {
+      attend::KVCache<S> cache(B, L, 8);
+      for (Index t0 = 0; t0 < L; t0 += chunk) {
+        const Index T = std::min(chunk, L - t0);
+        Tensor<S> step({T, B, 8});
+        step.as_matrix() = x.as_matrix().middleRows(t0 * B, T * B);
+        const Tensor<S> got =
+            attend::self_attention_step(mha, batch_first ? swap01(step) : step, cache);
+        require_close((batch_first ? swap01(got) : got).as_matrix(),
+                      want.as_matrix().middleRows(t0 * B, T * B), kCacheTol<S>);
+        REQUIRE(cache.size() == t0 + T);
+      }
+    }
+  }
+}
+
+TEMPLATE_TEST_CASE(
+    "decoder_layer.hpp, decoder.hpp: 50 decoding steps with the cache equal "
+    "recomputing the prefix",
+    "[transformer][property]", float, double) {
+  using S = TestType;
+  Rng rng(8);
+  const Index L = 50, B = 2, Sm = 6;
+  const Tensor<S> tgt = random_tensor<S>({L, B, 8}, rng),
+                  memory = random_tensor<S>({Sm, B, 8}, rng);
+  const Mask memory_padding = Mask::key_padding_lengths({6, 4}, Sm);
+  TransformerDecoderLayerArgs a;
+  a.tgt_is_causal = true;
+  a.memory_key_padding_mask = memory_padding;
+  const auto token = [&](Index t) {  // position t of every sequence, [1, B, E]
+    Tensor<S> x({1, B, 8});
+    x.as_matrix() = tgt.as_matrix().middleRows(t * B, B);
+    return x;
+  };
+  for (const bool norm_first : {false, true}) {
+    INFO("norm_first " << norm_first);
+    TransformerDecoderLayer<S> layer(small_options(norm_first), 13);
+    randomize_small_parameters<S>(layer, rng);
+    const Tensor<S> full = layer.forward(tgt, memory, a);
+    auto cache = layer.make_cache(B, L);
+    for (Index t = 0; t < L; ++t) {
+      const Tensor<S> y = layer.forward_step(token(t), memory, cache, memory_padding);
+      require_close(y.as_matrix(), full.as_matrix().middleRows(t * B, B), kCacheTol<S>);
+    }
+    CHECK(cache.self_attn.size() == L);
+    CHECK(cache.memory.size() == Sm);  // projected once
+
+    TransformerDecoder<S> decoder(small_options(norm_first), 2, true, 19);
+    for (auto& l : decoder.layers) randomize_small_parameters<S>(l, rng);
+    const Tensor<S> full2 = decoder.forward(tgt, memory, a);
+    auto cache2 = decoder.make_cache(B, L);
+    for (Index t = 0; t < L; ++t) {
+      const Tensor<S> y = decoder.forward_step(token(t), memory, cache2, memory_padding);
+      require_close(y.as_matrix(), full2.as_matrix().middleRows(t * B, B), kCacheTol<S>);
+    }
+    CHECK(cache2.size() == L);
+  }
+}
+
+TEMPLATE_TEST_CASE("kv_cache.hpp, decoder_layer.hpp: cache overflow and mismatches are rejected",
+                   "[transformer][error]", float, double) {
+  using S = TestType;
+  const TransformerDecoderLayer<S> layer(small_options(), 5);
+  const Tensor<S> memory({6, 2, 8}), token({1, 2, 8});
+  auto cache = layer.make_cache(2, 3);
+  for (int t = 0; t < 3; ++t) layer.forward_step(token, memory, cache);
+  REQUIRE_THROWS_AS(layer.forward_step(token, memory, cache), attend::index_error);
+  REQUIRE_THROWS_WITH(layer.forward_step(token, memory, cache),
+                      "append_keys_values: kv_input has 1 new position(s), expected at most 0 "
+                      "(cache capacity 3, 3 cached)");
+  CHECK(cache.self_attn.size() == 3);  // a failed step appends nothing
+  auto fresh = layer.make_cache(2, 3);
+  layer.forward_step(token, memory, fresh);
+  REQUIRE_THROWS_AS(layer.forward_step(token, Tensor<S>({5, 2, 8}), fresh), attend::shape_error);
+  REQUIRE_THROWS_WITH(layer.forward_step(token, Tensor<S>({5, 2, 8}), fresh),
+                      "TransformerDecoderLayer::forward_step: memory has 5 positions, expected 6 "
+                      "(the memory of the cached steps)");
+  auto wrong_batch = layer.make_cache(3, 3);
+  REQUIRE_THROWS_WITH(layer.forward_step(token, memory, wrong_batch),
+                      "TransformerDecoderLayer::forward_step: cache is for batch 3 and d_model 8, "
+                      "expected 2 and 8 (make_cache(B, max_len))");
+  const TransformerDecoder<S> two(small_options(), 2);
+  auto one_layer = TransformerDecoder<S>(small_options(), 1).make_cache(2, 3);
+  REQUIRE_THROWS_WITH(
+      two.forward_step(token, memory, one_layer),
+      "TransformerDecoder::forward_step: cache has 1 layers, expected 2 (make_cache)");
+  REQUIRE_THROWS_AS(layer.make_cache(0, 3), attend::value_error);
+  REQUIRE_THROWS_WITH(
+      layer.make_cache(0, 3),
+      "KVCache: batch is 0, capacity 3 and embed_dim 8, expected batch, embed_dim > 0 "
+      "and capacity >= 0");
+  const attend::KVCache<S> unfilled(2, 3, 8);
+  REQUIRE_THROWS_WITH(attend::attend_cached(layer.self_attn, token, unfilled),
+                      "attend_cached: cache holds 0 positions, expected at least 1 to attend to");
+  attend::KVCache<S> empty;
+  REQUIRE_THROWS_WITH(attend::attend_cached(layer.self_attn, token, empty),
+                      "attend_cached: cache is [0, 0, 0], expected [2, capacity, 8] (batch, "
+                      "embed_dim)");
+  REQUIRE_THROWS_WITH(attend::self_attention_step(layer.self_attn, token, empty),
+                      "self_attention_step: cache has capacity 0, expected a cache made with room "
+                      "for the positions to decode");
+}
+
+// ========================================================================================
+// positions beyond sinusoidal, grouped-query attention
+// ========================================================================================
+
+TEMPLATE_TEST_CASE("rotary.hpp: rotations by hand, both layouts, and the inverse", "[transformer]",
+                   float, double) {
+  using S = TestType;
+  Matrix<S> x(1, 4);
+  x << 1, 2, 3, 4;
+  // Position 2, d = 4: t_0 = 1, t_1 = 10000^(-2/4) = 0.01, so angles 2 and 0.02;
+  // cos 2 = -0.4161468365, sin 2 = 0.9092974268, cos 0.02 = 0.9998000067, sin 0.02 = 0.0199986667.
+  // interleaved pairs (0, 1), (2, 3):
+  //   1 cos2 - 2 sin2 = -2.2347416902, 1 sin2 + 2 cos2 = 0.0770037537,
+  //   3 cos.02 - 4 sin.02 = 2.9194053532, 3 sin.02 + 4 cos.02 = 4.0591960267
+  Matrix<S> want(1, 4);
+  want << S(-2.2347416902), S(0.0770037537), S(2.9194053532), S(4.0591960267);
+  require_close(attend::apply_rotary(x, 2), want, kHandTol<S>);
+  // half pairs (0, 2), (1, 3):
+  //   1 cos2 - 3 sin2 = -3.1440391170, 1 sin2 + 3 cos2 = -0.3391430828,
+  //   2 cos.02 - 4 sin.02 = 1.9196053466, 2 sin.02 + 4 cos.02 = 4.0391973601
+  want << S(-3.1440391170), S(1.9196053466), S(-0.3391430828), S(4.0391973601);
+  require_close(attend::apply_rotary(x, 2, attend::RotaryLayout::half), want, kHandTol<S>);
+  // Position 0 is the identity; rotary_backward undoes the rotation (R^T R = I).
+  require_close(attend::apply_rotary(x, 0), x, 0.0);
+  require_close(attend::rotary_backward(attend::apply_rotary(x, 7), 7), x, kHandTol<S>);
+  REQUIRE_THROWS_AS(attend::apply_rotary(Matrix<S>(Matrix<S>::Zero(2, 3))), attend::shape_error);
+  REQUIRE_THROWS_WITH(attend::apply_rotary(Matrix<S>(Matrix<S>::Zero(2, 3))),
+                      "apply_rotary: x is [2, 3], expected an even, nonzero number of features");
+}
+
+TEST_CASE("rotary.hpp: q . k depends only on the relative offset", "[transformer][property]") {
+  Rng rng(12);
+  for (int trial = 0; trial < 20; ++trial) {
+    const Index d = 2 * (1 + static_cast<Index>(rng.next() % 16));  // even, 2 .. 32
+    Matrix<double> q(1, d), k(1, d);
+    attend::fill_uniform(q, 1.0, rng);
+    attend::fill_uniform(k, 1.0, rng);
+    const Index m = static_cast<Index>(rng.next() % 100), n = static_cast<Index>(rng.next() % 100);
+    const Index shift = static_cast<Index>(rng.next() % 1000);
+    for (const auto layout : {attend::RotaryLayout::interleaved, attend::RotaryLayout::half}) {
+      const double a =
+          attend::apply_rotary(q, m, layout).row(0).dot(attend::apply_rotary(k, n, layout).row(0));
+      const double b = attend::apply_rotary(q, m + shift, layout)
+                           .row(0)
+                           .dot(attend::apply_rotary(k, n + shift, layout).row(0));
+      // Angles up to ~1100 rad lose ~1e-13 absolute in cos/sin; dot products of <= 32 terms.
+      CHECK(std::abs(a - b) < 1e-11);
+    }
+  }
+}
+
+TEST_CASE("alibi.hpp: slopes and biases by hand", "[transformer]") {
+  // H = 8: 2^(-8(h+1)/8) = 1/2, 1/4, ..., 1/256.
+  const std::vector<double> s8 = attend::alibi_slopes(8);
+  REQUIRE(s8.size() == 8);
+  for (std::size_t h = 0; h < 8; ++h) CHECK(s8[h] == std::ldexp(1.0, -static_cast<int>(h + 1)));
+  // H = 6: the slopes of 4 (2^-2, 2^-4, 2^-6, 2^-8), then slopes 0 and 2 of 8 (2^-1, 2^-3).
+  CHECK(attend::alibi_slopes(6) ==
+        std::vector<double>{0.25, 0.0625, 0.015625, 0.00390625, 0.5, 0.125});
+  // H = 2: slopes 2^-4 = 0.0625 and 2^-8 = 0.00390625; L = S = 3, causal: bias -m (i - j)
+  // on and below the diagonal, blocked above it.
+  const Mask m = attend::alibi_mask(2, 3, 3);
+  REQUIRE(m.bias().has_value());
+  const Tensor<double>& bias = *m.bias();
+  REQUIRE(bias.shape() == Shape{1, 2, 3, 3});
+  CHECK(bias(0, 0, 2, 0) == -0.125);  // head 0, i = 2, j = 0: -0.0625 * 2
+  CHECK(bias(0, 0, 2, 1) == -0.0625);
+  CHECK(bias(0, 0, 2, 2) == 0.0);
+  CHECK(bias(0, 1, 2, 0) == -0.0078125);  // head 1: -0.00390625 * 2
+  CHECK(m.is_blocked(0, 0, 0, 1));
+  CHECK_FALSE(m.is_blocked(0, 1, 1, 1));
+  // Symmetric (encoder) form and a cache offset: query 0 at absolute position 2.
+  const Mask sym = attend::alibi_mask(2, 1, 4, false, 2);
+  CHECK((*sym.bias())(0, 0, 0, 3) == -0.0625);  // |2 - 3| * 0.0625
+  CHECK((*sym.bias())(0, 0, 0, 0) == -0.125);
+  CHECK_FALSE(sym.blocked().has_value());
+  REQUIRE_THROWS_WITH(attend::alibi_slopes(0),
+                      "alibi_slopes: num_heads is 0, expected a positive count");
+}
+
+TEMPLATE_TEST_CASE("learned_positional.hpp: rows by position, range checked", "[transformer]",
+                   float, double) {
+  using S = TestType;
+  attend::LearnedPositionalEmbedding<S> pe(10, 4, 3);
+  require_close(pe.forward(3, 5), Matrix<S>(pe.weight.middleRows(5, 3)), 0.0);
+  REQUIRE_THROWS_AS(pe.forward(3, 8), attend::index_error);
+  REQUIRE_THROWS_WITH(pe.forward(3, 8),
+                      "LearnedPositionalEmbedding::forward: positions [8, 11) are outside [0, 10) "
+                      "(max_len)");
+}
+
+TEMPLATE_TEST_CASE("grouped_query.hpp: GQA equals MHA with repeated K/V heads",
+                   "[transformer][property]", float, double) {
+  using S = TestType;
+  Rng rng(13);
+  const Index E = 12, H = 6, L = 5, Sk = 7, B = 2;
+  for (const Index G : {Index(1), Index(2), Index(3), Index(6)}) {
+    INFO("num_kv_heads " << G);
+    attend::GroupedQueryAttentionOptions go;
+    go.embed_dim = E;
+    go.num_heads = H;
+    go.num_kv_heads = G;
+    attend::GroupedQueryAttention<S> gqa(go, 4);
+    for (auto* v : {&gqa.q_proj_bias, &gqa.k_proj_bias, &gqa.v_proj_bias, &gqa.out_proj_bias}) {
+      for (Index i = 0; i < v->size(); ++i) (*v)(i) = S(rng.uniform(-0.5, 0.5));
+    }
+    // The equivalent MHA: K/V rows of kv head h / (H / G) repeated for query head h.
+    attend::MultiheadAttentionOptions mo;
+    mo.embed_dim = E;
+    mo.num_heads = H;
+    attend::MultiheadAttention<S> mha(mo);
+    const Index dh = E / H, group = H / G;
+    mha.in_proj_weight.topRows(E) = gqa.q_proj_weight;
+    mha.in_proj_bias.head(E) = gqa.q_proj_bias;
+    for (Index h = 0; h < H; ++h) {
+      const Index g = h / group;
+      mha.in_proj_weight.middleRows(E + h * dh, dh) = gqa.k_proj_weight.middleRows(g * dh, dh);
+      mha.in_proj_weight.middleRows(2 * E + h * dh, dh) = gqa.v_proj_weight.middleRows(g * dh, dh);
+      mha.in_proj_bias.segment(E + h * dh, dh) = gqa.k_proj_bias.segment(g * dh, dh);
+      mha.in_proj_bias.segment(2 * E + h * dh, dh) = gqa.v_proj_bias.segment(g * dh, dh);
+    }
+    mha.out_proj_weight = gqa.out_proj_weight;
+    mha.out_proj_bias = gqa.out_proj_bias;
+    const Tensor<S> q = random_tensor<S>({L, B, E}, rng), k = random_tensor<S>({Sk, B, E}, rng),
+                    v = random_tensor<S>({Sk, B, E}, rng);
+    attend::GroupedQueryAttentionArgs ga;
+    ga.key_padding_mask = Mask::key_padding_lengths({7, 4}, Sk);
+    ga.attn_mask = attend::alibi_mask(H, L, Sk, false);
+    attend::MultiheadAttentionArgs ma;
+    ma.key_padding_mask = ga.key_padding_mask;
+    ma.attn_mask = ga.attn_mask;
+    ma.need_weights = false;
+    require_close(gqa.forward(q, k, v, ga), mha.forward(q, k, v, ma).output, kSameTol<S>);
+  }
+}
+
+TEMPLATE_TEST_CASE("grouped_query.hpp: rotary attention sees relative positions only",
+                   "[transformer][property]", float, double) {
+  using S = TestType;
+  Rng rng(14);
+  attend::GroupedQueryAttentionOptions go;
+  go.embed_dim = 16;
+  go.num_heads = 4;
+  go.num_kv_heads = 2;
+  go.rotary = true;
+  go.batch_first = true;
+  const attend::GroupedQueryAttention<S> gqa(go, 5);
+  const Tensor<S> x = random_tensor<S>({2, 6, 16}, rng);
+  attend::GroupedQueryAttentionArgs a;
+  a.is_causal = true;
+  const Tensor<S> y0 = gqa.forward(x, x, x, a);
+  a.query_position = a.key_position = 40;  // the same offsets, shifted
+  require_close(gqa.forward(x, x, x, a), y0, kReorderTol<S>);
+  a.key_position = 0;  // a different relative offset changes the result
+  CHECK(gqa.forward(x, x, x, a).as_matrix() != y0.as_matrix());
+  // Without rotary the positions are ignored altogether.
+  go.rotary = false;
+  const attend::GroupedQueryAttention<S> plain(go, 5);
+  CHECK(plain.forward(x, x, x, a).as_matrix() != y0.as_matrix());
+}
+
+TEST_CASE("grouped_query.hpp: invalid head counts are rejected", "[transformer][error]") {
+  attend::GroupedQueryAttentionOptions go;
+  go.embed_dim = 12;
+  go.num_heads = 4;
+  go.num_kv_heads = 3;
+  REQUIRE_THROWS_AS(attend::GroupedQueryAttention<float>(go), attend::value_error);
+  REQUIRE_THROWS_WITH(attend::GroupedQueryAttention<float>(go),
+                      "GroupedQueryAttention: num_kv_heads 3 does not divide num_heads 4");
+  go.num_kv_heads = 2;
+  go.num_heads = 5;
+  REQUIRE_THROWS_WITH(attend::GroupedQueryAttention<float>(go),
+                      "GroupedQueryAttention: embed_dim 12 is not divisible by num_heads 5");
+  go.num_heads = 4;
+  go.embed_dim = 12;
+  go.rotary = true;
+  go.num_heads = 4;  // head_dim 3
+  REQUIRE_THROWS_WITH(
+      attend::GroupedQueryAttention<float>(go),
+      "GroupedQueryAttention: head_dim 3 is odd, expected an even head_dim for rotary");
 }
 
 }  // namespace

@@ -22,16 +22,20 @@
 #include "attend/ops/softmax.hpp"
 
 #include "attend/embedding/embedding.hpp"
+#include "attend/embedding/learned_positional.hpp"
 #include "attend/embedding/positional.hpp"
+#include "attend/embedding/rotary.hpp"
 
 #include "attend/attention/fused_portable.hpp"
 #include "attend/attention/fused_avx2.hpp"
 #include "attend/attention/mask.hpp"
+#include "attend/attention/alibi.hpp"
 #include "attend/attention/fused_kernels.hpp"
 #include "attend/attention/scaled_dot_product.hpp"
 #include "attend/attention/fused.hpp"
 #include "attend/attention/multihead.hpp"
 #include "attend/attention/kv_cache.hpp"
+#include "attend/attention/grouped_query.hpp"
 
 #include "attend/rnn/alignment.hpp"
 #include "attend/rnn/cells.hpp"
@@ -41,8 +45,10 @@
 
 #include "attend/transformer/layer_options.hpp"
 #include "attend/transformer/decoder_layer.hpp"
+#include "attend/transformer/decoder.hpp"
 #include "attend/transformer/encoder_layer.hpp"
 #include "attend/transformer/encoder.hpp"
+#include "attend/transformer/transformer.hpp"
 
 #include "attend/text/tokenizer.hpp"
 #include "attend/text/vocabulary.hpp"

@@ -332,10 +332,13 @@ Outputs<S> run_sinusoidal(const Case& c) {
 // Modules of the other issues, defined in their own files (included at the end).
 template <typename S>
 bool run_rnn_module(const Case& c, Outputs<S>& out);
+template <typename S>
+bool run_transformer_module(const Case& c, Outputs<S>& out);
 
 template <typename S>
 Outputs<S> run_module(const Case& c) {
   if (Outputs<S> out; run_rnn_module<S>(c, out)) return out;
+  if (Outputs<S> out; run_transformer_module<S>(c, out)) return out;
   if (c.module == "softmax") return run_softmax<S>(c);
   if (c.module == "scaled_dot_product_attention") return run_sdpa<S>(c);
   if (c.module == "multihead_attention") return run_mha<S>(c);
@@ -482,3 +485,4 @@ inline CaseResult run_case_bytes(std::vector<std::uint8_t> bytes, const std::str
 }  // namespace attend::conformance
 
 #include "rnn_cases.hpp"  // IWYU pragma: keep
+#include "transformer_cases.hpp"  // IWYU pragma: keep

@@ -1,7 +1,7 @@
 // SPDX-License-Identifier: MIT
 // Conformance cases of the transformer blocks: layer_norm, transformer_encoder_layer,
-// transformer_decoder_layer and transformer_encoder (FIXTURES.md names; the stack's names
-// in tests/data/README.md).
+// transformer_decoder_layer (FIXTURES.md names), transformer_encoder, transformer_decoder and
+// transformer (names in tests/data/README.md).
 //
 // Wiring (runner.hpp): declare `template <typename S> bool run_transformer_module(const Case&,
 // Outputs<S>&);` in attend::conformance::detail before run_module, dispatch there with
@@ -12,10 +12,12 @@
 #include "attend/attention/mask.hpp"
 #include "attend/ops/activation.hpp"
 #include "attend/ops/layer_norm.hpp"
+#include "attend/transformer/decoder.hpp"
 #include "attend/transformer/decoder_layer.hpp"
 #include "attend/transformer/encoder.hpp"
 #include "attend/transformer/encoder_layer.hpp"
 #include "attend/transformer/layer_options.hpp"
+#include "attend/transformer/transformer.hpp"
 
 #include <algorithm>
 #include <cstddef>
@@ -182,6 +184,19 @@ void run_encoder_case(const Case& c, Outputs<S>& out) {
   out.emplace("output", encoder.forward(c.st->get<S>("input.src"), a));
 }
 
+/// The decoder-side masks and flags of a case (decoder layer, decoder stack, transformer).
+template <typename S>
+TransformerDecoderLayerArgs read_decoder_args(const Case& c, Index nhead) {
+  TransformerDecoderLayerArgs a;
+  a.tgt_mask = read_optional_mask<S>(c, "tgt_mask", nhead, false);
+  a.memory_mask = read_optional_mask<S>(c, "memory_mask", nhead, false);
+  a.tgt_key_padding_mask = read_optional_mask<S>(c, "tgt_key_padding_mask", 0, true);
+  a.memory_key_padding_mask = read_optional_mask<S>(c, "memory_key_padding_mask", 0, true);
+  a.tgt_is_causal = opt_bool(c, "tgt_is_causal", false);
+  a.memory_is_causal = opt_bool(c, "memory_is_causal", false);
+  return a;
+}
+
 template <typename S>
 void run_decoder_layer_case(const Case& c, Outputs<S>& out) {
   allow_options(c,
@@ -193,17 +208,69 @@ void run_decoder_layer_case(const Case& c, Outputs<S>& out) {
   require_layer_parameters(c, o, "", true);
   TransformerDecoderLayer<S> layer(o);
   layer.load_state_dict(*c.st);
-  TransformerDecoderLayerArgs a;
-  a.tgt_mask = read_optional_mask<S>(c, "tgt_mask", o.nhead, false);
-  a.memory_mask = read_optional_mask<S>(c, "memory_mask", o.nhead, false);
-  a.tgt_key_padding_mask = read_optional_mask<S>(c, "tgt_key_padding_mask", 0, true);
-  a.memory_key_padding_mask = read_optional_mask<S>(c, "memory_key_padding_mask", 0, true);
-  a.tgt_is_causal = opt_bool(c, "tgt_is_causal", false);
-  a.memory_is_causal = opt_bool(c, "memory_is_causal", false);
+  const TransformerDecoderLayerArgs a = read_decoder_args<S>(c, o.nhead);
   const Tensor<S> memory = c.st->get<S>("input.memory");
   // S = 0 memory positions would leave every cross-attention row fully masked.
   no_empty_rows(memory, memory.rank() == 3 && o.batch_first ? 1 : 0);
   out.emplace("output", layer.forward(c.st->get<S>("input.tgt"), memory, a));
+}
+
+template <typename S>
+void run_decoder_case(const Case& c, Outputs<S>& out) {
+  allow_options(
+      c, {"d_model", "nhead", "dim_feedforward", "dropout", "activation", "layer_norm_eps",
+          "batch_first", "norm_first", "bias", "tgt_is_causal", "memory_is_causal", "num_layers"});
+  allow_inputs(c, {"tgt", "memory", "tgt_mask", "memory_mask", "tgt_key_padding_mask",
+                   "memory_key_padding_mask"});
+  const TransformerLayerOptions o = read_layer_options(c);
+  const Index n = opt_required_int(c, "num_layers");
+  for (Index i = 0; i < n; ++i) {
+    require_layer_parameters(c, o, "layers." + std::to_string(i) + ".", true);
+  }
+  // The final norm is there exactly when its parameters are (tests/data/README.md).
+  const bool final_norm = c.st->contains("norm.weight") || c.st->contains("norm.bias");
+  TransformerDecoder<S> decoder(o, n, final_norm);
+  decoder.load_state_dict(*c.st);
+  const Tensor<S> memory = c.st->get<S>("input.memory");
+  no_empty_rows(memory, memory.rank() == 3 && o.batch_first ? 1 : 0);
+  out.emplace("output",
+              decoder.forward(c.st->get<S>("input.tgt"), memory, read_decoder_args<S>(c, o.nhead)));
+}
+
+template <typename S>
+void run_transformer_case(const Case& c, Outputs<S>& out) {
+  allow_options(c, {"d_model", "nhead", "dim_feedforward", "dropout", "activation",
+                    "layer_norm_eps", "batch_first", "norm_first", "bias", "num_encoder_layers",
+                    "num_decoder_layers", "src_is_causal", "tgt_is_causal", "memory_is_causal"});
+  allow_inputs(c, {"src", "tgt", "src_mask", "tgt_mask", "memory_mask", "src_key_padding_mask",
+                   "tgt_key_padding_mask", "memory_key_padding_mask"});
+  TransformerOptions o;
+  o.layer = read_layer_options(c);
+  // PyTorch's defaults (6 and 6) apply when the options are absent.
+  o.num_encoder_layers = opt_int(c, "num_encoder_layers").value_or(6);
+  o.num_decoder_layers = opt_int(c, "num_decoder_layers").value_or(6);
+  for (Index i = 0; i < o.num_encoder_layers; ++i) {
+    require_layer_parameters(c, o.layer, "encoder.layers." + std::to_string(i) + ".", false);
+  }
+  for (Index i = 0; i < o.num_decoder_layers; ++i) {
+    require_layer_parameters(c, o.layer, "decoder.layers." + std::to_string(i) + ".", true);
+  }
+  Transformer<S> model(o);
+  model.load_state_dict(*c.st);
+  const TransformerDecoderLayerArgs d = read_decoder_args<S>(c, o.layer.nhead);
+  TransformerArgs a;
+  a.src_mask = read_optional_mask<S>(c, "src_mask", o.layer.nhead, false);
+  a.src_key_padding_mask = read_optional_mask<S>(c, "src_key_padding_mask", 0, true);
+  a.src_is_causal = opt_bool(c, "src_is_causal", false);
+  a.tgt_mask = d.tgt_mask;
+  a.memory_mask = d.memory_mask;
+  a.tgt_key_padding_mask = d.tgt_key_padding_mask;
+  a.memory_key_padding_mask = d.memory_key_padding_mask;
+  a.tgt_is_causal = d.tgt_is_causal;
+  a.memory_is_causal = d.memory_is_causal;
+  const Tensor<S> src = c.st->get<S>("input.src");
+  no_empty_rows(src, src.rank() == 3 && o.layer.batch_first ? 1 : 0);
+  out.emplace("output", model.forward(src, c.st->get<S>("input.tgt"), a));
 }
 
 /// Runs the case when its module is one of the transformer blocks; false for other modules.
@@ -217,6 +284,10 @@ bool run_transformer_module(const Case& c, Outputs<S>& out) {
     run_decoder_layer_case<S>(c, out);
   } else if (c.module == "transformer_encoder") {
     run_encoder_case<S>(c, out);
+  } else if (c.module == "transformer_decoder") {
+    run_decoder_case<S>(c, out);
+  } else if (c.module == "transformer") {
+    run_transformer_case<S>(c, out);
   } else {
     return false;
   }

@@ -26,11 +26,12 @@
 namespace attend {
 
 /// Scratch memory of the fused attention kernel for one thread: one allocation of
-/// O(block x (d_k + d_v)) scalars (about 50 KiB in float for d_k = d_v = 64), reused for
+/// O(block x (d_k + d_v)) scalars (98 KiB in float for d_k = d_v = 64), reused for
 /// every query block and head. Sized by `reserve`; the kernel itself never allocates.
 template <typename Scalar>
 class FusedWorkspace {
-  static_assert(is_supported_scalar_v<Scalar>, "attend::FusedWorkspace: Scalar must be float or double");
+  static_assert(is_supported_scalar_v<Scalar>,
+                "attend::FusedWorkspace: Scalar must be float or double");
 
  public:
   FusedWorkspace() = default;
@@ -41,10 +42,11 @@ class FusedWorkspace {
   void reserve(Index d_k, Index d_v) {
     const Index ld_acc = round_up(std::max<Index>(d_v, 1), 8);
     const Index rows = detail::fused_block_rows;
-    const Index need = slot(rows * std::max<Index>(d_k, 1)) +             // q_pack
-                       slot(detail::fused_block_keys * rows) +             // scores
+    const Index need = slot(rows * std::max<Index>(d_k, 1)) +          // q_pack
+                       slot(detail::fused_block_keys * rows) +         // scores
                        slot(rows * ld_acc) + 4 * slot(rows) + kAlign;  // acc, 4 vectors
-    if (static_cast<Index>(storage_.size()) < need) storage_.assign(static_cast<std::size_t>(need), Scalar(0));
+    if (static_cast<Index>(storage_.size()) < need)
+      storage_.assign(static_cast<std::size_t>(need), Scalar(0));
     d_k_ = std::max(d_k_, d_k);
     d_v_ = std::max(d_v_, d_v);
   }
@@ -97,8 +99,8 @@ namespace detail {
 /// Fused attention of query rows r0..r0+nq-1 of one head (a slice of the output). No checks.
 template <typename S>
 void attention_rows_fused(const MatrixCRef<S>& q, const MatrixCRef<S>& k, const MatrixCRef<S>& v,
-                          const HeadMaskView& mask, S scale, Index r0, Index nq,
-                          MatrixRef<S> out, FusedWorkspace<S>& ws, FusedKernel kernel) {
+                          const HeadMaskView& mask, S scale, Index r0, Index nq, MatrixRef<S> out,
+                          FusedWorkspace<S>& ws, FusedKernel kernel) {
   FusedBlockArgs<S> a = ws.args(q.cols(), v.cols());
   a.ldq = q.outerStride();
   a.k = k.data();
@@ -128,8 +130,7 @@ void attention_head_fused(const MatrixCRef<S>& q, const MatrixCRef<S>& k, const 
                           FusedWorkspace<S>& ws, FusedKernel kernel = FusedKernel::automatic) {
   eigen_assert(k.cols() == q.cols() && v.rows() == k.rows());
   eigen_assert(out.rows() == q.rows() && out.cols() == v.cols());
-  attention_rows_fused<S>(q, k, v, HeadMaskView(mask, b, h), scale, 0, q.rows(), out, ws,
-                          kernel);
+  attention_rows_fused<S>(q, k, v, HeadMaskView(mask, b, h), scale, 0, q.rows(), out, ws, kernel);
 }
 
 /// Tensor form with the tile code chosen by `kernel` (the public overload uses automatic).
@@ -162,7 +163,7 @@ Tensor<S> scaled_dot_product_attention_fused(const Tensor<S>& query, const Tenso
 #if defined(_OPENMP)
   std::vector<FusedWorkspace<S>> workspaces(static_cast<std::size_t>(omp_get_max_threads()));
   for (auto& ws : workspaces) ws.reserve(d_k, d_v);
-  // Dynamic schedule: causal masks make later query blocks longer.
+    // Dynamic schedule: causal masks make later query blocks longer.
 #pragma omp parallel for schedule(dynamic, 1)
   for (Index item = 0; item < n_items; ++item) {
     run_item(item, workspaces[static_cast<std::size_t>(omp_get_thread_num())]);

@@ -25,7 +25,7 @@ enum class FusedKernel { automatic, portable };
 /// `ptr[i * row_stride + j * col_stride]` (a stride is 0 along a broadcast extent).
 struct HeadMaskView {
   bool causal = false;
-  Index offset = 0;  // query i may see key j when j <= i + offset
+  Index offset = 0;               // query i may see key j when j <= i + offset
   const bool* blocked = nullptr;  // true = blocked
   Index blocked_rs = 0, blocked_cs = 0;
   const double* bias = nullptr;  // finite, added to the scaled scores
@@ -33,8 +33,11 @@ struct HeadMaskView {
 
   HeadMaskView(const Mask& mask, Index b, Index h) {
     if (mask.causal_offset()) {
+      // As in Mask: offsets beyond +-2^40 act like +-2^40 for any real L and S, and the
+      // tile arithmetic r0 + nq + offset cannot overflow.
+      constexpr Index limit = Index(1) << 40;
       causal = true;
-      offset = *mask.causal_offset();
+      offset = std::clamp<Index>(*mask.causal_offset(), -limit, limit);
     }
     if (mask.blocked()) blocked = plane(*mask.blocked(), b, h, blocked_rs, blocked_cs);
     if (mask.bias()) bias = plane(*mask.bias(), b, h, bias_rs, bias_cs);
@@ -114,8 +117,8 @@ struct FusedAvx2 {
   static void scores(const FusedBlockArgs<float>& a, const float* k, Index nk, Index nq) {
     fused_qk_tile(a, k, nk, (nq + 15) / 16);
   }
-  static void softmax_update(const FusedBlockArgs<float>& a, Index nk, Index nq) {
-    fused_softmax_update(a, nk, (nq + 7) / 8);
+  static void softmax_update(const FusedBlockArgs<float>& a, Index nk, Index nq, bool clean) {
+    fused_softmax_update(a, nk, (nq + 7) / 8, clean);
   }
   static void pv(const FusedBlockArgs<float>& a, const float* v, Index nk, Index nq) {
     fused_pv_tile(a, v, nk, nq);
@@ -143,7 +146,7 @@ void fused_query_block(const FusedBlockArgs<S>& a, const HeadMaskView& mask, Ind
     if (kind == TileKind::masked) {
       apply_mask_transposed<S>(mask, r0, nq, c0, nk, a.scores, ld, Path::bias_factor);
     }
-    Path::softmax_update(a, nk, nq);
+    Path::softmax_update(a, nk, nq, kind == TileKind::clean);
     Path::pv(a, a.v + c0 * a.ldv, nk, nq);
   }
   for (Index i = 0; i < nq; ++i) {
@@ -163,7 +166,8 @@ void fused_query_block(const FusedBlockArgs<S>& a, const HeadMaskView& mask, Ind
   if constexpr (std::is_same_v<S, float>) {
     if (kernel == FusedKernel::automatic && cpu_has_avx2_fma()) {
       FusedBlockArgs<float> a2 = a;
-      a2.scale = static_cast<float>(static_cast<double>(a.scale) * FusedAvx2::bias_factor);  // scores in log2 units
+      a2.scale = static_cast<float>(static_cast<double>(a.scale) *
+                                    FusedAvx2::bias_factor);  // scores in log2 units
       fused_query_block<float, FusedAvx2>(a2, mask, r0, nq, Sk);
       return;
     }

@@ -13,10 +13,11 @@
 
 namespace attend::detail {
 
-/// Queries per block of the fused kernel: 3 panels of 16 (scores micro-kernel) and 8
-/// groups of 6 (P V micro-kernel). Also the row stride of the transposed score tile.
-inline constexpr Index fused_block_rows = 48;
-/// Keys per block of the fused kernel: the score tile [keys, queries] is 24 KiB in float.
+/// Queries per block of the fused kernel: 6 panels of 16 (AVX2 scores micro-kernel) and
+/// 16 groups of 6 (AVX2 P V micro-kernel); also the row stride of the transposed score
+/// tile. 96 rather than 48 halves the passes over K and V (+2-5% at L = 4096).
+inline constexpr Index fused_block_rows = 96;
+/// Keys per block of the fused kernel: the score tile [keys, queries] is 48 KiB in float.
 inline constexpr Index fused_block_keys = 128;
 
 /// Everything one query block of the fused kernel reads and writes, as raw row-major
@@ -41,7 +42,7 @@ struct FusedBlockArgs {
   S* row_max;  // [fused_block_rows] running max per query (-inf: nothing seen yet)
   S* row_sum;  // [fused_block_rows] running sum of exp per query
   S* alpha;    // [fused_block_rows] rescale factor of the current key block
-  S* shift;    // [fused_block_rows] value subtracted before exp (portable path)
+  S* shift;    // [fused_block_rows] value subtracted before exp (portable), block max (AVX2)
 };
 
 /// Portable tile code for any scalar: scores and P V by micro-kernels on Eigen packets
@@ -53,7 +54,7 @@ struct FusedPortable {
   using Packet = typename Eigen::internal::packet_traits<S>::type;
   static constexpr int P = Eigen::internal::unpacket_traits<Packet>::size;
   static constexpr int NP = 2 * P <= 16 ? 2 : 1;  // packets per panel of queries
-  static constexpr Index W = NP * P;                // queries per panel
+  static constexpr Index W = NP * P;              // queries per panel
   static_assert(fused_block_rows % W == 0, "query panels must tile the query block");
   static constexpr double bias_factor = 1.0;
   using Tile = Eigen::Map<Matrix<S>, 0, Eigen::OuterStride<>>;
@@ -104,18 +105,21 @@ struct FusedPortable {
         const S* qp = a.q_pack + pnl * W * a.d_k;
         S* st = a.scores + j * fused_block_rows + pnl * W;
         const S* kj = k + j * a.ldk;
+        // clang-format off
         switch (std::min<Index>(nk - j, 4)) {
           case 4: qk_kernel<4>(kj, a.ldk, qp, a.d_k, st); break;
           case 3: qk_kernel<3>(kj, a.ldk, qp, a.d_k, st); break;
           case 2: qk_kernel<2>(kj, a.ldk, qp, a.d_k, st); break;
           default: qk_kernel<1>(kj, a.ldk, qp, a.d_k, st); break;
         }
+        // clang-format on
       }
     }
   }
 
   /// Online softmax over one key block (see fused_softmax_update for the AVX2 twin).
-  static void softmax_update(const FusedBlockArgs<S>& a, Index nk, Index nq) {
+  static void softmax_update(const FusedBlockArgs<S>& a, Index nk, Index nq,
+                             bool /*clean: unused, the max is always recomputed here*/) {
     constexpr S neg_inf = -std::numeric_limits<S>::infinity();
     Tile st(a.scores, nk, nq, Eigen::OuterStride<>(fused_block_rows));
     Row m(a.row_max, nq), l(a.row_sum, nq), alpha(a.alpha, nq), shift(a.shift, nq);
@@ -140,13 +144,14 @@ struct FusedPortable {
   template <int R, int NV>
   static void pv_kernel(const S* pt, Index nk, const S* v, Index ldv, S* acc, Index ldacc,
                         const S* alpha) {
+    using Eigen::internal::ploadu;
     using Eigen::internal::pmadd;
     using Eigen::internal::pset1;
-    using Eigen::internal::ploadu;
     Packet c[R][NV];
     for (int r = 0; r < R; ++r)
       for (int n = 0; n < NV; ++n)
-        c[r][n] = Eigen::internal::pmul(pset1<Packet>(alpha[r]), ploadu<Packet>(acc + r * ldacc + P * n));
+        c[r][n] =
+            Eigen::internal::pmul(pset1<Packet>(alpha[r]), ploadu<Packet>(acc + r * ldacc + P * n));
     for (Index j = 0; j < nk; ++j) {
       Packet b[NV];
       for (int n = 0; n < NV; ++n) b[n] = ploadu<Packet>(v + j * ldv + P * n);
@@ -165,7 +170,8 @@ struct FusedPortable {
     S* acc = a.acc + i0 * a.ld_acc;
     const S* al = a.alpha + i0;
     Index c = 0;
-    for (; c + 2 * P <= a.d_v; c += 2 * P) pv_kernel<R, 2>(pt, nk, v + c, a.ldv, acc + c, a.ld_acc, al);
+    for (; c + 2 * P <= a.d_v; c += 2 * P)
+      pv_kernel<R, 2>(pt, nk, v + c, a.ldv, acc + c, a.ld_acc, al);
     for (; c + P <= a.d_v; c += P) pv_kernel<R, 1>(pt, nk, v + c, a.ldv, acc + c, a.ld_acc, al);
     for (; c < a.d_v; ++c) {  // columns past the last full packet
       for (int r = 0; r < R; ++r) {
@@ -179,12 +185,14 @@ struct FusedPortable {
   /// acc[0:nq] = alpha * acc + P V for one key block (v points at the block's first key).
   static void pv(const FusedBlockArgs<S>& a, const S* v, Index nk, Index nq) {
     for (Index i0 = 0; i0 < nq; i0 += 4) {
+      // clang-format off
       switch (std::min<Index>(nq - i0, 4)) {
         case 4: pv_rows<4>(a, v, nk, i0); break;
         case 3: pv_rows<3>(a, v, nk, i0); break;
         case 2: pv_rows<2>(a, v, nk, i0); break;
         default: pv_rows<1>(a, v, nk, i0); break;
       }
+      // clang-format on
     }
   }
 };

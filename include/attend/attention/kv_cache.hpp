@@ -87,7 +87,8 @@ StepDims check_step_input(const Tensor<S>& x, Index width, bool batch_first, Ind
   if (!rank_ok || x.dim(-1) != width || (B_want > 0 && d.B != B_want)) {
     const std::string w = std::to_string(width);
     const std::string b = B_want > 0 ? std::to_string(B_want) : "B";
-    const std::string want = batch_first ? "[" + b + ", T, " + w + "]" : "[T, " + b + ", " + w + "]";
+    const std::string want =
+        batch_first ? "[" + b + ", T, " + w + "]" : "[T, " + b + ", " + w + "]";
     throw shape_error(who + ": " + arg + " is " + shape_string(x.shape()) + ", expected " + want +
                       (B_want <= 1 ? " or [T, " + w + "]" : std::string()));
   }
@@ -135,24 +136,24 @@ void append_keys_values(const MultiheadAttention<S>& mha, const Tensor<S>& kv_in
     throw shape_error(who + ": kdim " + std::to_string(o.kdim) + " differs from vdim " +
                       std::to_string(o.vdim) + ", expected one input for keys and values");
   }
-  const detail::StepDims d = detail::check_step_input(kv_input, o.kdim, o.batch_first,
-                                                      cache.batch(), who, "kv_input");
+  const detail::StepDims d =
+      detail::check_step_input(kv_input, o.kdim, o.batch_first, cache.batch(), who, "kv_input");
   const Index E = o.embed_dim;
   if (cache.capacity() == 0 && cache.size() == 0) cache = KVCache<S>(d.B, d.T, E);
   detail::check_cache(cache, d.B, E, who);
   if (cache.size() + d.T > cache.capacity()) {
-    throw index_error(who + ": kv_input has " + std::to_string(d.T) +
-                      " new positions, expected at most " +
-                      std::to_string(cache.capacity() - cache.size()) + " (cache capacity " +
-                      std::to_string(cache.capacity()) + ", " + std::to_string(cache.size()) +
-                      " cached)");
+    throw index_error(
+        who + ": kv_input has " + std::to_string(d.T) + " new position(s), expected at most " +
+        std::to_string(cache.capacity() - cache.size()) + " (cache capacity " +
+        std::to_string(cache.capacity()) + ", " + std::to_string(cache.size()) + " cached)");
   }
   detail::check_finite(kv_input.as_matrix(), who, "kv_input");
   const auto wk = mha.packed() ? mha.in_proj_weight.middleRows(E, E) : mha.k_proj_weight.topRows(E);
   const auto wv = mha.packed() ? mha.in_proj_weight.bottomRows(E) : mha.v_proj_weight.topRows(E);
   Matrix<S> rows(d.T, o.kdim);  // [T, kdim] sequence b's new inputs
   for (Index b = 0; b < d.B; ++b) {
-    for (Index t = 0; t < d.T; ++t) rows.row(t) = detail::step_row(kv_input, d, o.batch_first, b, t);
+    for (Index t = 0; t < d.T; ++t)
+      rows.row(t) = detail::step_row(kv_input, d, o.batch_first, b, t);
     auto k = cache.key_rows(b).middleRows(cache.size(), d.T);  // [T, E]
     auto v = cache.value_rows(b).middleRows(cache.size(), d.T);
     k.noalias() = rows * wk.transpose();
@@ -193,7 +194,7 @@ Tensor<S> attend_cached(const MultiheadAttention<S>& mha, const Tensor<S>& query
   const S scale = static_cast<S>(1.0 / std::sqrt(static_cast<double>(dh)));
   Tensor<S> result(query.shape());
   Matrix<S> rows(d.T, E), q(d.T, E), heads(d.T, E), out(d.T, E);  // [T, E] each
-  Matrix<S> w(d.T, n);                                               // [T, S] one head's weights
+  Matrix<S> w(d.T, n);                                            // [T, S] one head's weights
   for (Index b = 0; b < d.B; ++b) {
     for (Index t = 0; t < d.T; ++t) rows.row(t) = detail::step_row(query, d, o.batch_first, b, t);
     q.noalias() = rows * wq.transpose();
@@ -225,8 +226,9 @@ template <typename S>
 Tensor<S> self_attention_step(const MultiheadAttention<S>& mha, const Tensor<S>& x,
                               KVCache<S>& cache, const Mask& key_padding_mask = Mask()) {
   if (cache.capacity() == 0) {
-    throw index_error("self_attention_step: cache has capacity 0, expected a cache made with "
-                      "room for the positions to decode");
+    throw index_error(
+        "self_attention_step: cache has capacity 0, expected a cache made with "
+        "room for the positions to decode");
   }
   const Index before = cache.size();
   append_keys_values(mha, x, cache);

@@ -29,6 +29,7 @@ namespace detail {
 template <typename Derived>
 void check_finite(const Eigen::MatrixBase<Derived>& x, const std::string& who,
                   const std::string& arg) {
+  if (x.allFinite()) return;  // one vectorised pass; find the culprit only on failure
   for (Index i = 0; i < x.rows(); ++i) {
     for (Index j = 0; j < x.cols(); ++j) {
       if (!std::isfinite(x(i, j))) {

@@ -2,6 +2,7 @@
 // A transformer decoder layer (self-, cross-attention, feed-forward) as nn.TransformerDecoderLayer.
 #pragma once
 
+#include "attend/attention/kv_cache.hpp"
 #include "attend/attention/mask.hpp"
 #include "attend/attention/multihead.hpp"
 #include "attend/core/errors.hpp"
@@ -37,6 +38,16 @@ struct TransformerDecoderLayerArgs {
   bool memory_is_causal = false;
 };
 
+/// The incremental-decoding state of a TransformerDecoderLayer: the self-attention keys and
+/// values of the target positions decoded so far, and the memory's keys and values
+/// (projected once, on the first step). Make one per sequence batch with
+/// `layer.make_cache(B, max_len)`; use a new one (or clear both) for a new memory.
+template <typename Scalar>
+struct TransformerDecoderLayerCache {
+  KVCache<Scalar> self_attn;  // [B, max_len, E]
+  KVCache<Scalar> memory;     // [B, S, E], sized by the first step
+};
+
 /// A transformer decoder layer:
 ///
 ///     post-norm: x = norm1(x + SA(x));  x = norm2(x + CA(x, mem));  x = norm3(x + FF(x))
@@ -46,9 +57,12 @@ struct TransformerDecoderLayerArgs {
 /// encoder output `memory`, and FF(x) = linear2(act(linear1(x))). Members keep PyTorch's
 /// state-dict names: `self_attn.*`, `multihead_attn.*`, `linear1.*`, `linear2.*`,
 /// `norm1.*`, `norm2.*`, `norm3.*`.
+///
+/// Incremental decoding: `forward_step` runs new target positions against a cache of the
+/// earlier ones, equal to the matching rows of `forward` with tgt_is_causal.
 /// \note Vaswani et al. 2017, section 3.1; torch.nn.TransformerDecoderLayer in evaluation
 ///       mode (dropout is the identity).
-/// \sa TransformerEncoderLayer
+/// \sa TransformerEncoderLayer, KVCache
 template <typename Scalar>
 class TransformerDecoderLayer {
   static_assert(is_supported_scalar_v<Scalar>,
@@ -147,6 +161,71 @@ class TransformerDecoderLayer {
       X += multihead_attn.forward(x, memory, memory, ca).output.as_matrix();
       norm2.forward_inplace(X);
       // add_feed_forward reads X into `hidden` before it adds to X: the alias is safe.
+      detail::add_feed_forward<Scalar>(X, linear1, linear2, options.activation, hidden, X);
+      norm3.forward_inplace(X);
+    }
+    return x;
+  }
+
+  /// An empty cache for decoding up to `max_len` target positions of `batch` sequences.
+  /// \throws value_error when batch is not positive or max_len is negative.
+  TransformerDecoderLayerCache<Scalar> make_cache(Index batch, Index max_len) const {
+    return {KVCache<Scalar>(batch, max_len, options.d_model), KVCache<Scalar>()};
+  }
+
+  /// Decodes T new target positions (usually 1) after the `cache.self_attn.size()` earlier
+  /// ones: the result equals rows n .. n + T - 1 of `forward(tgt_prefix, memory, {tgt_is_causal
+  /// = true, memory_key_padding_mask})`, with O(n) attention work per position instead of
+  /// O(n^2) for recomputing the prefix. The memory's keys and values are projected on the
+  /// first step and reused.
+  /// \param tgt [T, B, E] ([B, T, E] when batch_first; [T, E] unbatched), the new positions
+  /// \param memory [S, B, E] in the same layout; the same memory at every step
+  /// \param cache from make_cache(B, max_len), updated
+  /// \param memory_key_padding_mask optional, broadcastable to [B, 1, 1, S]
+  /// \returns shaped as tgt
+  /// \throws shape_error on wrong shapes (memory's length differing from the cached one);
+  ///   index_error when the cache has no room for T more positions; value_error on NaN/Inf.
+  Tensor<Scalar> forward_step(const Tensor<Scalar>& tgt, const Tensor<Scalar>& memory,
+                              TransformerDecoderLayerCache<Scalar>& cache,
+                              const Mask& memory_key_padding_mask = Mask()) const {
+    const std::string who = "TransformerDecoderLayer::forward_step";
+    const Index E = options.d_model;
+    const detail::SequenceDims t =
+        detail::check_sequence(tgt, E, options.batch_first, nullptr, who, "tgt", "T");
+    const detail::SequenceDims m =
+        detail::check_sequence(memory, E, options.batch_first, &t, who, "memory", "S");
+    if (cache.memory.size() != 0 && cache.memory.size() != m.L) {
+      throw shape_error(who + ": memory has " + std::to_string(m.L) + " positions, expected " +
+                        std::to_string(cache.memory.size()) + " (the memory of the cached steps)");
+    }
+    if (cache.self_attn.batch() != t.B || cache.self_attn.embed_dim() != E) {
+      throw shape_error(who + ": cache is for batch " + std::to_string(cache.self_attn.batch()) +
+                        " and d_model " + std::to_string(cache.self_attn.embed_dim()) +
+                        ", expected " + std::to_string(t.B) + " and " + std::to_string(E) +
+                        " (make_cache(B, max_len))");
+    }
+    memory_key_padding_mask.check(t.B, 1, 1, m.L, who, "memory_key_padding_mask");
+    if (cache.memory.size() == 0) append_keys_values(multihead_attn, memory, cache.memory);
+
+    Tensor<Scalar> x = tgt;                                    // the residual stream
+    MatrixMap<Scalar> X = x.as_matrix();                       // [T * B, E]
+    Matrix<Scalar> hidden(X.rows(), options.dim_feedforward);  // [T * B, F] workspace
+    if (options.norm_first) {
+      Tensor<Scalar> h = x;  // norm1(x)
+      norm1.forward_inplace(h.as_matrix());
+      X += self_attention_step(self_attn, h, cache.self_attn).as_matrix();
+      h = x;  // norm2(x)
+      norm2.forward_inplace(h.as_matrix());
+      X += attend_cached(multihead_attn, h, cache.memory, memory_key_padding_mask).as_matrix();
+      h = x;  // norm3(x)
+      norm3.forward_inplace(h.as_matrix());
+      detail::add_feed_forward<Scalar>(h.as_matrix(), linear1, linear2, options.activation, hidden,
+                                       X);
+    } else {
+      X += self_attention_step(self_attn, x, cache.self_attn).as_matrix();
+      norm1.forward_inplace(X);
+      X += attend_cached(multihead_attn, x, cache.memory, memory_key_padding_mask).as_matrix();
+      norm2.forward_inplace(X);
       detail::add_feed_forward<Scalar>(X, linear1, linear2, options.activation, hidden, X);
       norm3.forward_inplace(X);
     }
