@@ -402,6 +402,11 @@ TEST_CASE("fused.hpp: the workspace is O(block x d), independent of L and S", "[
   REQUIRE(ws.bytes() <= 24960 * sizeof(float) + 64);
   REQUIRE(ws.fits(64, 64));
   REQUIRE_FALSE(ws.fits(65, 64));
+  // Growing one width keeps room for the other: (128, 8) after (64, 64) fits (128, 64).
+  attend::FusedWorkspace<float> grown(64, 64);
+  grown.reserve(128, 8);
+  REQUIRE(grown.fits(128, 64));
+  REQUIRE(grown.bytes() >= attend::FusedWorkspace<float>(128, 64).bytes());
 }
 
 // ---- AVX2 exp2 -------------------------------------------------------------------------

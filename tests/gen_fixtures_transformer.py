@@ -1,6 +1,6 @@
 #!/usr/bin/python3
 # SPDX-License-Identifier: MIT
-# Writes the seeded PyTorch fixtures of the transformer blocks (layer norm, encoder/decoder layers, encoder stack).
+# Writes the seeded PyTorch fixtures of the transformer blocks (layer norm, layers, stacks, full models).
 """Generate (and check) the PyTorch reference fixtures of the transformer blocks.
 
 Usage (Debian's python3-torch; the pyenv `python3` has no torch):
@@ -9,9 +9,11 @@ Usage (Debian's python3-torch; the pyenv `python3` has no torch):
     /usr/bin/python3 tests/gen_fixtures_transformer.py --check    # re-read and re-verify them
     /usr/bin/python3 tests/gen_fixtures_transformer.py --out DIR  # write elsewhere
 
-Modules: layer_norm, transformer_encoder_layer, transformer_decoder_layer, and three the
+Modules: layer_norm, transformer_encoder_layer, transformer_decoder_layer, and four the
 contract's table does not list (names in tests/data/README.md): transformer_encoder and
-transformer_decoder (stacks with an optional final norm) and transformer (nn.Transformer).
+transformer_decoder (stacks with an optional final norm), transformer (nn.Transformer) and
+transformer_seq2seq (class TransformerSeq2Seq below: embeddings, sinusoidal positions,
+nn.Transformer and an output projection, attend::TransformerSeq2Seq's PyTorch twin).
 The file format, seeding, dtype handling and mask helpers come from tests/gen_fixtures.py
 (imported, not copied): one case per file, built from float64 random data with a per-case
 seed, written once in float32 (reference computed by torch in float32) and once in
@@ -52,7 +54,7 @@ F32, F64 = gf.F32, gf.F64
 DEFAULT_OUT = os.path.join(HERE, "data")
 GENERATOR = "tests/gen_fixtures_transformer.py (torch %s)" % torch.__version__
 MODULES = ("layer_norm", "transformer_encoder_layer", "transformer_decoder_layer",
-           "transformer_encoder", "transformer_decoder", "transformer")
+           "transformer_encoder", "transformer_decoder", "transformer", "transformer_seq2seq")
 
 # ---------------------------------------------------------------------------------------
 # Tolerances (rtol, atol), checked as atol + rtol * |want|. The measured worst ratios
@@ -508,6 +510,113 @@ def gen_transformer(w):
 
 
 # ---------------------------------------------------------------------------------------
+# transformer_seq2seq (a full model over token ids; no torch class: built here)
+# ---------------------------------------------------------------------------------------
+
+class TransformerSeq2Seq(torch.nn.Module):
+    """Token ids to logits: `generator(transformer(src_embed(src) * sqrt(E) + PE[:S],
+    tgt_embed(tgt) * sqrt(E) + PE[:L]))`, PE the sinusoidal table of FIXTURES.md (a
+    non-persistent buffer, so not in the state dict). Its state-dict names are those
+    attend::TransformerSeq2Seq loads: src_embed.weight, tgt_embed.weight, transformer.*
+    (nn.Transformer's), generator.weight, generator.bias."""
+
+    def __init__(self, src_vocab_size, tgt_vocab_size, d_model, nhead, num_encoder_layers,
+                 num_decoder_layers, max_len, positional_layout="interleaved",
+                 scale_embedding=True, **layer_kwargs):
+        super().__init__()
+        self.src_embed = torch.nn.Embedding(src_vocab_size, d_model, dtype=F64)
+        self.tgt_embed = torch.nn.Embedding(tgt_vocab_size, d_model, dtype=F64)
+        self.register_buffer("pe", gf.sinusoidal_reference(max_len, d_model, positional_layout, 0),
+                             persistent=False)
+        self.transformer = torch.nn.Transformer(d_model, nhead, num_encoder_layers=num_encoder_layers,
+                                                num_decoder_layers=num_decoder_layers, **layer_kwargs)
+        self.generator = torch.nn.Linear(d_model, tgt_vocab_size, dtype=F64)
+        self.scale = math.sqrt(d_model) if scale_embedding else 1.0
+        self.batch_first = layer_kwargs.get("batch_first", False)
+
+    def embed(self, table, ids):
+        x = table(ids) * self.scale  # [T, B, E] / [B, T, E] / [T, E]
+        T = ids.shape[1] if ids.dim() == 2 and self.batch_first else ids.shape[0]
+        pe = self.pe[:T]  # [T, E]
+        return x + (pe.unsqueeze(1) if ids.dim() == 2 and not self.batch_first else pe)
+
+    def encode(self, src, src_mask=None, src_key_padding_mask=None):
+        return self.transformer.encoder(self.embed(self.src_embed, src), mask=src_mask,
+                                        src_key_padding_mask=src_key_padding_mask)
+
+    def forward(self, src, tgt, **masks):
+        y = self.transformer(self.embed(self.src_embed, src), self.embed(self.tgt_embed, tgt), **masks)
+        return self.generator(y)
+
+
+def gen_transformer_seq2seq(w):
+    module = "transformer_seq2seq"
+    base = dict(E=8, H=2, F=16, L=5, S=6, B=2, Vs=11, Vt=13, max_len=16)
+    cases = [
+        ("post_norm_causal", dict(base, skpm=[6, 4], tgt_is_causal=True),
+         "src_vocab 11, tgt_vocab 13, 2 + 2 post-norm relu layers, src [S=6, B=2] and tgt [L=5, 2] "
+         "I64 ids, option tgt_is_causal, src_key_padding_mask = memory_key_padding_mask (lengths "
+         "6, 4); expected.memory is the encoder output, expected.output the logits [5, 2, 13]"),
+        ("pre_norm_gelu_batch_first", dict(base, norm_first=True, activation="gelu", batch_first=True,
+                                           tgt_mask="causal_float", tkpm=[5, 3],
+                                           positional_layout="concatenated"),
+         "2 + 2 pre-norm gelu layers, batch_first ids [B=2, S=6] / [2, L=5], additive causal "
+         "tgt_mask, BOOL tgt_key_padding_mask (lengths 5, 3), positional_layout concatenated"),
+        ("unbatched_unscaled", dict(base, unbatched=True, tgt_is_causal=True, scale_embedding=False,
+                                    max_len=6),
+         "unbatched ids src [6], tgt [5], option tgt_is_causal, scale_embedding false, max_len 6 "
+         "(= S: the whole table is used)"),
+    ]
+    for case, spec, description in cases:
+        gf.seed_for(module, case)
+        E, H, L, S, B = spec["E"], spec["H"], spec["L"], spec["S"], spec["B"]
+        layout = spec.get("positional_layout", "interleaved")
+        scale = spec.get("scale_embedding", True)
+        model = TransformerSeq2Seq(spec["Vs"], spec["Vt"], E, H, 2, 2, spec["max_len"], layout, scale,
+                                   **torch_layer_kwargs(spec)).eval()
+        randomize(model)
+        shape = lambda n: (n,) if spec.get("unbatched") else ((B, n) if spec.get("batch_first") else (n, B))
+        src = torch.randint(0, spec["Vs"], shape(S), dtype=torch.int64)
+        tgt = torch.randint(0, spec["Vt"], shape(L), dtype=torch.int64)
+        what = "%s/%s" % (module, case)
+        Bm = 1 if spec.get("unbatched") else B
+        tgt_mask64 = make_mask(spec.get("tgt_mask"), L, L, B, H, what + " tgt_mask")
+        skpm = padding(B, S, spec["skpm"]) if "skpm" in spec else None
+        tkpm = padding(B, L, spec["tkpm"]) if "tkpm" in spec else None
+        tgt_causal = spec.get("tgt_is_causal", False)
+        check_attention_rows(what + " encoder masks", Bm, H, S, S, None, skpm, False)
+        check_attention_rows(what + " decoder masks", Bm, H, L, L, tgt_mask64, tkpm, tgt_causal)
+        options = layer_options(spec)
+        options.update({"num_encoder_layers": 2, "num_decoder_layers": 2, "src_vocab_size": spec["Vs"],
+                        "tgt_vocab_size": spec["Vt"], "max_len": spec["max_len"]})
+        if "positional_layout" in spec:
+            options["positional_layout"] = layout
+        if "scale_embedding" in spec:
+            options["scale_embedding"] = scale
+        if tgt_causal:
+            options["tgt_is_causal"] = True
+        for dtype in (F32, F64):
+            model_d = copy.deepcopy(model).to(dtype)
+            tgt_mask = as_written(tgt_mask64, dtype)
+            masks = dict(tgt_mask=causal_blocked(L) if tgt_causal else tgt_mask,
+                         src_key_padding_mask=skpm, tgt_key_padding_mask=tkpm,
+                         memory_key_padding_mask=skpm)
+            out = run_plain(model_d, src, tgt, **masks)
+            memory = run_plain(model_d.encode, src, src_key_padding_mask=skpm)
+            tensors = {n: p.detach().clone() for n, p in model_d.named_parameters()}
+            if set(tensors) != set(model_d.state_dict()):
+                raise gf.FixtureError(what + ": parameters differ from the state_dict")
+            tensors["input.src"], tensors["input.tgt"] = src, tgt
+            for name, m in (("tgt_mask", tgt_mask), ("src_key_padding_mask", skpm),
+                            ("memory_key_padding_mask", skpm), ("tgt_key_padding_mask", tkpm)):
+                if m is not None:
+                    tensors["input." + name] = m
+            tensors["expected.output"] = out
+            tensors["expected.memory"] = memory
+            write_case(w, module, case, dtype, tensors, options, TOL_TRANSFORMER, description)
+
+
+# ---------------------------------------------------------------------------------------
 # --check: explicit float64 formulas
 # ---------------------------------------------------------------------------------------
 
@@ -605,8 +714,34 @@ def to_batch_major(x, opts):
     return x.transpose(0, 1), lambda y: y.transpose(0, 1)
 
 
+def ref_embed(g, name, ids, opts):
+    """transformer_seq2seq: weight[ids] * sqrt(E) + PE[t], in the ids' layout."""
+    E = opts["d_model"]
+    x = g[name + ".weight"][ids] * (math.sqrt(E) if opts.get("scale_embedding", True) else 1.0)
+    bf = opts.get("batch_first", False)
+    T = ids.shape[1] if ids.dim() == 2 and bf else ids.shape[0]
+    pe = gf.sinusoidal_reference(T, E, opts.get("positional_layout", "interleaved"), 0)
+    return x + (pe.unsqueeze(1) if ids.dim() == 2 and not bf else pe)
+
+
 def recompute(module, opts, t):
     g = {k: v.to(F64) if v.is_floating_point() else v for k, v in t.items()}
+    if module == "transformer_seq2seq":
+        if max(t["input.src"].shape[-1 if opts.get("batch_first") else 0],
+               t["input.tgt"].shape[-1 if opts.get("batch_first") else 0]) > opts["max_len"]:
+            raise ValueError("a sequence is longer than max_len")
+        mem, back_mem = to_batch_major(ref_embed(g, "src_embed", t["input.src"], opts), opts)
+        x, back = to_batch_major(ref_embed(g, "tgt_embed", t["input.tgt"], opts), opts)
+        for i in range(opts["num_encoder_layers"]):
+            mem = ref_encoder_layer(g, "transformer.encoder.layers.%d." % i, opts, mem,
+                                    g.get("input.src_mask"), g.get("input.src_key_padding_mask"),
+                                    opts.get("src_is_causal", False))
+        mem = ref_final_norm(g, "transformer.encoder.", opts, mem)
+        for i in range(opts["num_decoder_layers"]):
+            x = ref_decoder_layer(g, "transformer.decoder.layers.%d." % i, opts, x, mem)
+        x = ref_final_norm(g, "transformer.decoder.", opts, x)
+        logits = x @ g["generator.weight"].T + g["generator.bias"]
+        return {"expected.output": back(logits), "expected.memory": back_mem(mem)}
     if module == "layer_norm":
         ns = opts["normalized_shape"]
         n_dims = len(ns) if isinstance(ns, list) else 1
@@ -698,6 +833,7 @@ def main():
         gen_encoder_layers(w, "transformer_encoder")
         gen_decoder(w, "transformer_decoder")
         gen_transformer(w)
+        gen_transformer_seq2seq(w)
     except gf.FixtureError as e:
         sys.exit("gen_fixtures_transformer: %s" % e)
     counts = {}

@@ -1,7 +1,7 @@
 // SPDX-License-Identifier: MIT
 // Conformance cases of the transformer blocks: layer_norm, transformer_encoder_layer,
-// transformer_decoder_layer (FIXTURES.md names), transformer_encoder, transformer_decoder and
-// transformer (names in tests/data/README.md).
+// transformer_decoder_layer (FIXTURES.md names), transformer_encoder, transformer_decoder,
+// transformer and transformer_seq2seq (names in tests/data/README.md).
 //
 // Wiring (runner.hpp): declare `template <typename S> bool run_transformer_module(const Case&,
 // Outputs<S>&);` in attend::conformance::detail before run_module, dispatch there with
@@ -17,6 +17,7 @@
 #include "attend/transformer/encoder.hpp"
 #include "attend/transformer/encoder_layer.hpp"
 #include "attend/transformer/layer_options.hpp"
+#include "attend/transformer/seq2seq.hpp"
 #include "attend/transformer/transformer.hpp"
 
 #include <algorithm>
@@ -273,6 +274,87 @@ void run_transformer_case(const Case& c, Outputs<S>& out) {
   out.emplace("output", model.forward(src, c.st->get<S>("input.tgt"), a));
 }
 
+/// The TransformerArgs of a transformer or transformer_seq2seq case.
+template <typename S>
+TransformerArgs read_transformer_args(const Case& c, Index nhead) {
+  const TransformerDecoderLayerArgs d = read_decoder_args<S>(c, nhead);
+  TransformerArgs a;
+  a.src_mask = read_optional_mask<S>(c, "src_mask", nhead, false);
+  a.src_key_padding_mask = read_optional_mask<S>(c, "src_key_padding_mask", 0, true);
+  a.src_is_causal = opt_bool(c, "src_is_causal", false);
+  a.tgt_mask = d.tgt_mask;
+  a.memory_mask = d.memory_mask;
+  a.tgt_key_padding_mask = d.tgt_key_padding_mask;
+  a.memory_key_padding_mask = d.memory_key_padding_mask;
+  a.tgt_is_causal = d.tgt_is_causal;
+  a.memory_is_causal = d.memory_is_causal;
+  return a;
+}
+
+/// A full model over token ids (tests/data/README.md): outputs `output` (logits) and
+/// `memory` (the encoder output).
+template <typename S>
+void run_seq2seq_case(const Case& c, Outputs<S>& out) {
+  allow_options(c, {"d_model", "nhead", "dim_feedforward", "dropout", "activation",
+                    "layer_norm_eps", "batch_first", "norm_first", "bias", "num_encoder_layers",
+                    "num_decoder_layers", "src_is_causal", "tgt_is_causal", "memory_is_causal",
+                    "src_vocab_size", "tgt_vocab_size", "max_len", "scale_embedding",
+                    "positional_layout"});
+  allow_inputs(c, {"src", "tgt", "src_mask", "tgt_mask", "memory_mask", "src_key_padding_mask",
+                   "tgt_key_padding_mask", "memory_key_padding_mask"});
+  TransformerSeq2SeqOptions o;
+  o.transformer.layer = read_layer_options(c);
+  o.transformer.num_encoder_layers = opt_int(c, "num_encoder_layers").value_or(6);
+  o.transformer.num_decoder_layers = opt_int(c, "num_decoder_layers").value_or(6);
+  o.src_vocab_size = opt_required_int(c, "src_vocab_size");
+  o.tgt_vocab_size = opt_required_int(c, "tgt_vocab_size");
+  o.scale_embedding = opt_bool(c, "scale_embedding", true);
+  const std::string layout = opt_string(c, "positional_layout", "interleaved");
+  if (layout == "concatenated") {
+    o.positional_layout = PositionalLayout::concatenated;
+  } else if (layout != "interleaved") {
+    throw unsupported("positional_layout '" + layout + "'");
+  }
+  const Index E = o.transformer.layer.d_model;
+  for (Index i = 0; i < o.transformer.num_encoder_layers; ++i) {
+    require_layer_parameters(c, o.transformer.layer,
+                             "transformer.encoder.layers." + std::to_string(i) + ".", false);
+  }
+  for (Index i = 0; i < o.transformer.num_decoder_layers; ++i) {
+    require_layer_parameters(c, o.transformer.layer,
+                             "transformer.decoder.layers." + std::to_string(i) + ".", true);
+  }
+  // The vocabularies size the tables: the file must hold them before anything is allocated.
+  for (const auto& p : {std::make_pair("src_embed.weight", o.src_vocab_size),
+                        std::make_pair("tgt_embed.weight", o.tgt_vocab_size),
+                        std::make_pair("generator.weight", o.tgt_vocab_size)}) {
+    attend::detail::require_parameter(*c.st, p.first, {p.second, E}, c.module.c_str());
+  }
+  const Tensor<std::int64_t> src = c.st->get<std::int64_t>("input.src");
+  const Tensor<std::int64_t> tgt = c.st->get<std::int64_t>("input.tgt");
+  // The table holds max_len rows, but rows past the longest sequence are never read (and a
+  // hostile max_len must not allocate): build only those, and still reject a sequence
+  // longer than max_len.
+  const Index max_len = opt_required_int(c, "max_len");
+  const auto length = [&](const Tensor<std::int64_t>& ids) {
+    return ids.rank() == 2 && o.transformer.layer.batch_first ? ids.dim(1)
+                                                              : (ids.rank() ? ids.dim(0) : 0);
+  };
+  const Index longest = std::max(length(src), length(tgt));
+  if (max_len < longest) {
+    throw index_error("input.src or input.tgt has " + std::to_string(longest) +
+                      " positions, more than max_len " + std::to_string(max_len));
+  }
+  o.max_len = std::max<Index>(longest, 1);
+  TransformerSeq2Seq<S> model(o);
+  model.load_state_dict(*c.st);
+  if (length(src) == 0) throw format_error("input.src has S = 0 positions");
+  const TransformerArgs a = read_transformer_args<S>(c, o.transformer.layer.nhead);
+  Tensor<S> memory = model.encode(src, a);
+  out.emplace("output", model.decode(tgt, memory, a));
+  out.emplace("memory", std::move(memory));
+}
+
 /// Runs the case when its module is one of the transformer blocks; false for other modules.
 template <typename S>
 bool run_transformer_module(const Case& c, Outputs<S>& out) {
@@ -288,6 +370,8 @@ bool run_transformer_module(const Case& c, Outputs<S>& out) {
     run_decoder_case<S>(c, out);
   } else if (c.module == "transformer") {
     run_transformer_case<S>(c, out);
+  } else if (c.module == "transformer_seq2seq") {
+    run_seq2seq_case<S>(c, out);
   } else {
     return false;
   }

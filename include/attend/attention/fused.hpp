@@ -40,6 +40,8 @@ class FusedWorkspace {
 
   /// Makes room for heads of widths d_k and d_v; allocates only when it must grow.
   void reserve(Index d_k, Index d_v) {
+    d_k = std::max(d_k_, d_k);  // room for every width reserved so far
+    d_v = std::max(d_v_, d_v);
     const Index ld_acc = round_up(std::max<Index>(d_v, 1), 8);
     const Index rows = detail::fused_block_rows;
     const Index need = slot(rows * std::max<Index>(d_k, 1)) +          // q_pack
@@ -47,8 +49,8 @@ class FusedWorkspace {
                        slot(rows * ld_acc) + 4 * slot(rows) + kAlign;  // acc, 4 vectors
     if (static_cast<Index>(storage_.size()) < need)
       storage_.assign(static_cast<std::size_t>(need), Scalar(0));
-    d_k_ = std::max(d_k_, d_k);
-    d_v_ = std::max(d_v_, d_v);
+    d_k_ = d_k;
+    d_v_ = d_v;
   }
 
   /// True when heads of widths d_k and d_v fit without allocating.
@@ -119,10 +121,12 @@ void attention_rows_fused(const MatrixCRef<S>& q, const MatrixCRef<S>& k, const 
 
 /// One head of fused attention: `out = softmax(scale * q k^T + mask(b, h)) v`, computed one
 /// block of fused_block_rows queries against one block of fused_block_keys keys at a time.
-/// No checks: the caller validated shapes, values and the mask (`Mask::check`), and sized
-/// `ws` for (d_k, d_v). Allocates nothing. Rows whose keys are all blocked get zeros.
+/// No checks: the caller validated shapes, values and the mask (`Mask::check`). Allocates
+/// nothing once `ws` fits (d_k, d_v) (`ws.reserve`; grown here otherwise). Rows whose keys
+/// are all blocked get zeros.
 /// \param q [L, d_k] \param k [S, d_k] \param v [S, d_v] \param out [L, d_v] (written)
-/// \param kernel `portable` forces the Eigen tile code (AVX2/FMA float kernels otherwise)
+/// \param kernel `portable` forces the Eigen-packet tile code (otherwise AVX2/FMA kernels
+///        for float on CPUs that have them)
 /// \note Online softmax: Milakov & Gimelshein 2018; tiling: Dao et al. 2022 (FlashAttention).
 template <typename S>
 void attention_head_fused(const MatrixCRef<S>& q, const MatrixCRef<S>& k, const MatrixCRef<S>& v,
@@ -130,6 +134,7 @@ void attention_head_fused(const MatrixCRef<S>& q, const MatrixCRef<S>& k, const 
                           FusedWorkspace<S>& ws, FusedKernel kernel = FusedKernel::automatic) {
   eigen_assert(k.cols() == q.cols() && v.rows() == k.rows());
   eigen_assert(out.rows() == q.rows() && out.cols() == v.cols());
+  if (!ws.fits(q.cols(), v.cols())) ws.reserve(q.cols(), v.cols());
   attention_rows_fused<S>(q, k, v, HeadMaskView(mask, b, h), scale, 0, q.rows(), out, ws, kernel);
 }
 

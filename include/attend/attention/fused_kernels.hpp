@@ -1,11 +1,12 @@
 // SPDX-License-Identifier: MIT
 // The fused attention kernel's loop over one query block (online softmax over key blocks,
-// tiles skipped by the mask), its per-head mask view, and its portable Eigen tile path.
+// tiles skipped by the mask), its per-head mask view, and the choice of tile code.
 #pragma once
 
 #include "attend/attention/fused_avx2.hpp"
 #include "attend/attention/fused_portable.hpp"
 #include "attend/attention/mask.hpp"
+#include "attend/core/tensor.hpp"
 #include "attend/core/types.hpp"
 
 #include <Eigen/Core>
@@ -18,7 +19,7 @@
 namespace attend::detail {
 
 /// Which tile code the fused kernel runs: `automatic` picks AVX2/FMA micro-kernels for
-/// float when the CPU has them, `portable` forces the Eigen tile products (tests use it).
+/// float when the CPU has them, `portable` forces the Eigen-packet kernels (tests use it).
 enum class FusedKernel { automatic, portable };
 
 /// The mask of one (batch, head) as raw pointers: element (i, j) of a broadcast plane is

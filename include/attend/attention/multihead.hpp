@@ -2,12 +2,14 @@
 // Multi-head attention with torch.nn.MultiheadAttention parity (eval mode).
 #pragma once
 
+#include "attend/attention/alibi.hpp"
 #include "attend/attention/mask.hpp"
 #include "attend/attention/scaled_dot_product.hpp"
 #include "attend/core/errors.hpp"
 #include "attend/core/random.hpp"
 #include "attend/core/tensor.hpp"
 #include "attend/core/types.hpp"
+#include "attend/embedding/rotary.hpp"
 #include "attend/io/state_dict.hpp"
 
 #include <Eigen/Core>
@@ -18,7 +20,22 @@
 
 namespace attend {
 
-/// Constructor options, named as torch.nn.MultiheadAttention's arguments.
+/// Positional information applied inside multi-head attention (beyond what the inputs carry).
+enum class PositionKind {
+  /// None: attention is permutation-equivariant; positions come from the inputs (sinusoidal
+  /// or learned embeddings added to the tokens). PyTorch's behaviour, the default.
+  none,
+  /// Rotary position embedding (RoPE) of every head's projected queries and keys
+  /// (apply_rotary): scores depend on positions only through their offset. Su et al. 2021.
+  rotary,
+  /// ALiBi: the bias `-m_h |i - j|` (positions i of the query, j of the key; slopes m_h of
+  /// alibi_slopes) added to head h's scaled scores. Causality is not implied: pass
+  /// is_causal or a causal attn_mask for the paper's decoder setting. Press et al. 2022.
+  alibi,
+};
+
+/// Constructor options, named as torch.nn.MultiheadAttention's arguments; the position
+/// options have no PyTorch counterpart.
 struct MultiheadAttentionOptions {
   Index embed_dim = 0;       ///< E, the model width (required)
   Index num_heads = 1;       ///< H; must divide embed_dim
@@ -26,6 +43,9 @@ struct MultiheadAttentionOptions {
   Index kdim = 0;            ///< key width; 0 means embed_dim
   Index vdim = 0;            ///< value width; 0 means embed_dim
   bool batch_first = false;  ///< inputs [B, L, E] instead of [L, B, E]
+  PositionKind position = PositionKind::none;  ///< rotary or ALiBi positions inside attention
+  RotaryLayout rotary_layout = RotaryLayout::interleaved;  ///< rotary: which features pair up
+  double rotary_base = 10000.0;                            ///< rotary: base of the angles (> 1)
 };
 
 /// Forward arguments, named as torch.nn.MultiheadAttention.forward's.
@@ -41,6 +61,12 @@ struct MultiheadAttentionArgs {
   /// Applies a causal mask (key j hidden from query i when j > i). Unlike PyTorch, where
   /// is_causal is only a hint that attn_mask is causal, here it is the mask itself.
   bool is_causal = false;
+  /// Rotary and ALiBi positions: the absolute position of query row 0 (e.g. the number of
+  /// tokens decoded before these queries). Ignored when options.position is none.
+  Index query_position = 0;
+  /// Rotary and ALiBi positions: the absolute position of key row 0. For self-attention
+  /// over a shifted window, set it equal to query_position.
+  Index key_position = 0;
 };
 
 /// Multi-head attention: `concat_h(softmax(Q_h K_h^T / sqrt(d_k) + mask) V_h) W_o^T + b_o`,
@@ -51,8 +77,16 @@ struct MultiheadAttentionArgs {
 /// [E, kdim], `v_proj_weight` [E, vdim]; `in_proj_bias` [3E]; `out_proj.weight` [E, E] is
 /// `out_proj_weight`, `out_proj.bias` [E] is `out_proj_bias`. Heads are column blocks of
 /// the projected `[L, E]` matrices (no reshapes, no copies).
+///
+/// Positions (options.position): `rotary` rotates Q_h and K_h of every head after the
+/// projection, query row r at position `query_position + r` and key row r at
+/// `key_position + r`; `alibi` adds `-m_h |(query_position + i) - (key_position + j)|` to
+/// head h's scaled scores, as `alibi_mask(H, L, S, false, query_position - key_position)`
+/// passed in attn_mask would (it is built per call: H * L * S doubles).
 /// \note Vaswani et al. 2017, section 3.2.2; torch.nn.MultiheadAttention (eval mode; dropout,
-///       add_bias_kv and add_zero_attn are not supported).
+///       add_bias_kv and add_zero_attn are not supported). Rotary: Su et al. 2021; ALiBi:
+///       Press, Smith & Lewis 2022. The KV-cache functions (kv_cache.hpp) do not apply them.
+/// \sa GroupedQueryAttention (which also has rotary), alibi_mask, apply_rotary
 template <typename Scalar>
 class MultiheadAttention {
   static_assert(is_supported_scalar_v<Scalar>,
@@ -70,7 +104,8 @@ class MultiheadAttention {
 
   /// Parameters initialised as PyTorch does (Xavier-uniform projections, zero biases,
   /// out_proj uniform(+-1/sqrt(E))), from `seed`.
-  /// \throws value_error when embed_dim or num_heads is not positive or H does not divide E.
+  /// \throws value_error when embed_dim or num_heads is not positive, H does not divide E,
+  ///   or rotary positions are asked for with an odd head_dim or a base that is not > 1.
   explicit MultiheadAttention(const MultiheadAttentionOptions& opts, std::uint64_t seed = 0)
       : options(opts) {
     const std::string who = "MultiheadAttention";
@@ -85,6 +120,17 @@ class MultiheadAttention {
     }
     if (options.kdim < 0 || options.vdim < 0) {
       throw value_error(who + ": kdim and vdim must be non-negative (0 = embed_dim)");
+    }
+    if (options.position == PositionKind::rotary) {
+      const Index dh = options.embed_dim / options.num_heads;
+      if (dh % 2 != 0) {
+        throw value_error(who + ": head_dim " + std::to_string(dh) +
+                          " is odd, expected an even head_dim for rotary");
+      }
+      if (!(options.rotary_base > 1.0) || !std::isfinite(options.rotary_base)) {
+        throw value_error(who + ": rotary_base is " + std::to_string(options.rotary_base) +
+                          ", expected a finite value > 1");
+      }
     }
     if (options.kdim == 0) options.kdim = options.embed_dim;
     if (options.vdim == 0) options.vdim = options.embed_dim;
@@ -219,8 +265,18 @@ class MultiheadAttention {
       detail::check_finite(key.as_matrix(), who, "key");
       detail::check_finite(value.as_matrix(), who, "value");
     }
+    if (options.position != PositionKind::none &&
+        (args.query_position < 0 || args.key_position < 0)) {
+      throw value_error(who + ": query_position is " + std::to_string(args.query_position) +
+                        " and key_position is " + std::to_string(args.key_position) +
+                        ", expected both >= 0");
+    }
     Mask mask = args.key_padding_mask & args.attn_mask;
     if (args.is_causal) mask = mask & Mask::causal(0);
+    if (options.position == PositionKind::alibi) {
+      mask = mask & alibi_mask(H, L, S, false, args.query_position - args.key_position);
+    }
+    const bool rotary = options.position == PositionKind::rotary;
 
     const Scalar scale = static_cast<Scalar>(1.0 / std::sqrt(static_cast<double>(dh)));
     Shape out_shape = query.shape();
@@ -236,6 +292,12 @@ class MultiheadAttention {
     Mat out(L, E);                   // [L, E]
     for (Index b = 0; b < B; ++b) {
       project(sequence(query, b), self ? nullptr : &key, self ? nullptr : &value, b, q, k, v);
+      for (Index h = 0; rotary && h < H; ++h) {  // RoPE on each head's Q and K, in place
+        detail::rotate_pairs<Scalar>(q.middleCols(h * dh, dh), args.query_position,
+                                     options.rotary_layout, options.rotary_base, 1.0);
+        detail::rotate_pairs<Scalar>(k.middleCols(h * dh, dh), args.key_position,
+                                     options.rotary_layout, options.rotary_base, 1.0);
+      }
       Mat avg;
       if (args.need_weights && args.average_attn_weights) avg = Mat::Zero(L, S);
       for (Index h = 0; h < H; ++h) {

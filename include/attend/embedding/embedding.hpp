@@ -105,6 +105,40 @@ class Embedding {
     return out;
   }
 
+  /// Gradient of forward: `d_weight[ids[t]] += d_out[t]` (times sqrt(D) with
+  /// scale_by_sqrt_d) for every position t, repeated ids adding up; the padding_idx row gets
+  /// no gradient. Ids are discrete, so there is no input gradient.
+  /// \param ids [L] the forward's ids \param d_out [L, D] upstream gradient
+  /// \param d_weight [V, D], accumulated (+=); an empty matrix is first set to zeros
+  /// \throws shape_error when d_out is not [L, D] or d_weight not [V, D]; index_error on an
+  ///   id outside [0, V) (nothing is written then).
+  /// \note torch.nn.Embedding's backward (dense, scale_grad_by_freq false).
+  void backward(const std::vector<std::int64_t>& ids, const MatrixCRef<Scalar>& d_out,
+                Matrix<Scalar>& d_weight) const {
+    const Index n = static_cast<Index>(ids.size());
+    if (d_out.rows() != n || d_out.cols() != embedding_dim()) {
+      throw shape_error("Embedding::backward: d_out is " + detail::matrix_shape(d_out) +
+                        ", expected " + detail::shape_string({n, embedding_dim()}) +
+                        " ([L, D] for " + std::to_string(n) + " ids)");
+    }
+    scatter(ids.data(), n, d_out, d_weight);
+  }
+
+  /// Gradient of forward for ids of any shape. \param ids [...] \param d_out [..., D]
+  /// \param d_weight [V, D] (+=; empty: zeroed first)
+  /// \throws shape_error when d_out is not ids' shape plus D or d_weight not [V, D];
+  ///   index_error on an id outside [0, V).
+  void backward(const Tensor<std::int64_t>& ids, const Tensor<Scalar>& d_out,
+                Matrix<Scalar>& d_weight) const {
+    Shape want = ids.shape();
+    want.push_back(embedding_dim());
+    if (d_out.shape() != want) {
+      throw shape_error("Embedding::backward: d_out is " + detail::shape_string(d_out.shape()) +
+                        ", expected " + detail::shape_string(want));
+    }
+    scatter(ids.data(), ids.size(), d_out.as_matrix(), d_weight);
+  }
+
  private:
   Embedding() = default;
 
@@ -118,19 +152,44 @@ class Embedding {
     return q;
   }
 
-  void gather(const std::int64_t* ids, Index n, Scalar* out) const {
+  void check_ids(const std::int64_t* ids, Index n, const char* who) const {
     const Index V = num_embeddings();
-    const Index D = embedding_dim();
     for (Index t = 0; t < n; ++t) {  // check everything before writing anything
       if (ids[t] < 0 || ids[t] >= V) {
-        throw index_error("Embedding::forward: token id " + std::to_string(ids[t]) +
+        throw index_error(std::string(who) + ": token id " + std::to_string(ids[t]) +
                           " at position " + std::to_string(t) + " is out of range [0, " +
                           std::to_string(V) + ")");
       }
     }
-    const Scalar factor = scale_by_sqrt_d ? static_cast<Scalar>(std::sqrt(double(D))) : Scalar(1);
-    MatrixMap<Scalar> dst(out, n, D);
+  }
+
+  Scalar output_factor() const {
+    return scale_by_sqrt_d ? static_cast<Scalar>(std::sqrt(double(embedding_dim()))) : Scalar(1);
+  }
+
+  void gather(const std::int64_t* ids, Index n, Scalar* out) const {
+    check_ids(ids, n, "Embedding::forward");
+    const Scalar factor = output_factor();
+    MatrixMap<Scalar> dst(out, n, embedding_dim());
     for (Index t = 0; t < n; ++t) dst.row(t) = weight.row(static_cast<Index>(ids[t])) * factor;
+  }
+
+  /// d_weight[ids[t]] += dy[t] * factor, skipping padding_idx. \param dy [n, D]
+  void scatter(const std::int64_t* ids, Index n, const MatrixCRef<Scalar>& dy,
+               Matrix<Scalar>& d_weight) const {
+    if (d_weight.size() == 0) d_weight = Matrix<Scalar>::Zero(num_embeddings(), embedding_dim());
+    if (d_weight.rows() != num_embeddings() || d_weight.cols() != embedding_dim()) {
+      throw shape_error("Embedding::backward: d_weight is " + detail::matrix_shape(d_weight) +
+                        ", expected " + detail::matrix_shape(weight));
+    }
+    check_ids(ids, n, "Embedding::backward");
+    const Scalar factor = output_factor();
+    // forward: out[t] = weight[ids[t]] * factor
+    for (Index t = 0; t < n; ++t) {
+      const Index row = static_cast<Index>(ids[t]);
+      if (padding_idx && row == *padding_idx) continue;  // the padding row is not trained
+      d_weight.row(row) += dy.row(t) * factor;
+    }
   }
 };
 
