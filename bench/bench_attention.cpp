@@ -11,6 +11,7 @@
 // GCC 12 + -march=native: bench/CMakeLists.txt silences a false -Wmaybe-uninitialized
 // from GCC's avx512fintrin.h (GCC bug 105593).
 
+#include "attend/attention/fused.hpp"
 #include "attend/attention/mask.hpp"
 #include "attend/attention/multihead.hpp"
 #include "attend/attention/scaled_dot_product.hpp"
@@ -27,6 +28,10 @@
 #include <cstdint>
 #include <optional>
 #include <string>
+
+#ifdef _OPENMP
+#include <omp.h>
+#endif
 
 // Declared here as well because a non-OpenBLAS cblas.h (netlib's, through Debian's
 // alternatives) lacks them; the declarations match OpenBLAS's own.
@@ -49,7 +54,8 @@ using attend::Tensor;
 /// Runs once, before main(), from a static initializer: AddCustomContext only stores
 /// strings in a map that Google Benchmark creates on first use.
 const bool context_recorded = [] {
-  openblas_set_num_threads(1);  // every benchmark here is single-threaded
+  openblas_set_num_threads(1);  // single-threaded unless a benchmark says otherwise
+  Eigen::setNbThreads(1);        // Eigen's products stay single-threaded under -fopenmp
   benchmark::AddCustomContext("attend_compiler", __VERSION__);
 #if defined(__clang__)
   benchmark::AddCustomContext("attend_compiler_id", "clang");
@@ -135,7 +141,8 @@ void check_gemm(benchmark::State& state, const Matrix<float>& a, const Matrix<fl
 /// OpenBLAS single-precision GEMM, one thread: C[n, n] = A[n, n] B[n, n], row-major.
 void BM_Sgemm(benchmark::State& state) {
   const Index n = state.range(0);
-  openblas_set_num_threads(1);
+  const int threads = state.range(1) > 0 ? static_cast<int>(state.range(1)) : 1;
+  openblas_set_num_threads(threads);
   const Matrix<float> a = random_matrix(n, n, 1), b = random_matrix(n, n, 2);
   Matrix<float> c = Matrix<float>::Zero(n, n);
   const int ni = static_cast<int>(n);
@@ -148,8 +155,15 @@ void BM_Sgemm(benchmark::State& state) {
   check_gemm(state, a, b, c);
   // GEMM: 2·m·n·k (one multiply and one add per term); bytes: A, B read and C written once.
   set_counters(state, 2.0 * double(n) * double(n) * double(n), 3.0 * double(n * n) * sizeof(float));
+  openblas_set_num_threads(1);
 }
 BENCHMARK(BM_Sgemm)->Arg(2048)->Unit(benchmark::kMillisecond);
+/// The 2-thread roof for BM_SdpaFused2T: OpenBLAS with 2 threads (wall-clock rate).
+void BM_Sgemm2T(benchmark::State& state) {
+  state.SetLabel("2 threads");
+  BM_Sgemm(state);
+}
+BENCHMARK(BM_Sgemm2T)->Args({2048, 2})->Unit(benchmark::kMillisecond)->UseRealTime();
 
 /// Eigen's float GEMM (no -fopenmp, so one thread): C.noalias() = A * B, row-major.
 void BM_SgemmEigen(benchmark::State& state) {
@@ -216,19 +230,73 @@ void BM_SdpaReference(benchmark::State& state) {
 }
 BENCHMARK(BM_SdpaReference)->Apply(sdpa_lengths);
 
-// =====================================================================================
-// FUSED KERNEL BENCHMARKS: RESERVED, TO BE ADDED BY THE LEAD
-//
-// include/attend/attention/fused.hpp (attend::scaled_dot_product_attention_fused) does not
-// exist yet; its benchmarks go here once it lands. To keep the comparison valid:
-//   - name it BM_SdpaFused and register it with ->Apply(sdpa_lengths), the same Args grid
-//     as BM_SdpaReference (STYLE.md section 9: one grid, one run, quoted as ratios);
-//   - build inputs with SdpaInputs(L) outside the loop, keep the output with
-//     DoNotOptimize, set counters with set_sdpa_counters(state, L) (same FLOP count, so
-//     the FLOPS ratio is the speedup).
-// bench/report.py already picks up any BM_Sdpa* family: it adds the series to the plot
-// and, when BM_SdpaFused is present, a fused/reference ratio per L.
-// =====================================================================================
+// ---- fused attention (attention/fused.hpp) ----------------------------------------
+// Same Args grid, inputs and FLOP count as BM_SdpaReference, so the FLOPS ratio of the
+// two rows at one L is the speedup.
+
+/// Sets the OpenMP thread count of the fused kernel's (batch, head, query block) split;
+/// a no-op when attend-bench is built without OpenMP.
+void set_attention_threads(int n) {
+#ifdef _OPENMP
+  omp_set_num_threads(n);
+#else
+  (void)n;
+#endif
+}
+
+/// Fused attention on tensors, single thread.
+void BM_SdpaFused(benchmark::State& state) {
+  const Index L = state.range(0);
+  const SdpaInputs in(L);
+  const attend::Mask no_mask;
+  set_attention_threads(1);
+  for (auto _ : state) {
+    Tensor<float> out = attend::scaled_dot_product_attention_fused<float>(in.q, in.k, in.v,
+                                                                          no_mask);
+    benchmark::DoNotOptimize(out.data());
+    benchmark::ClobberMemory();
+  }
+  set_sdpa_counters(state, L);
+  // Extra memory of the kernel: one workspace per thread, whatever L is.
+  state.counters["workspace_bytes"] =
+      static_cast<double>(attend::FusedWorkspace<float>(kSdpaHeadDim, kSdpaHeadDim).bytes());
+}
+BENCHMARK(BM_SdpaFused)->Apply(sdpa_lengths);
+
+/// Fused causal attention, single thread. The FLOPS counter keeps the non-causal count,
+/// so its ratio to BM_SdpaFused is the causal speedup (about 2x is the ideal).
+void BM_SdpaFusedCausal(benchmark::State& state) {
+  const Index L = state.range(0);
+  const SdpaInputs in(L);
+  const attend::Mask causal = attend::Mask::causal();
+  set_attention_threads(1);
+  for (auto _ : state) {
+    Tensor<float> out = attend::scaled_dot_product_attention_fused<float>(in.q, in.k, in.v,
+                                                                          causal);
+    benchmark::DoNotOptimize(out.data());
+    benchmark::ClobberMemory();
+  }
+  set_sdpa_counters(state, L);
+}
+BENCHMARK(BM_SdpaFusedCausal)->Apply(sdpa_lengths);
+
+/// Fused attention with 2 OpenMP threads (wall-clock rate: UseRealTime).
+void BM_SdpaFused2T(benchmark::State& state) {
+  const Index L = state.range(0);
+  const SdpaInputs in(L);
+  const attend::Mask no_mask;
+  set_attention_threads(2);
+  for (auto _ : state) {
+    Tensor<float> out = attend::scaled_dot_product_attention_fused<float>(in.q, in.k, in.v,
+                                                                          no_mask);
+    benchmark::DoNotOptimize(out.data());
+    benchmark::ClobberMemory();
+  }
+  set_attention_threads(1);
+  set_sdpa_counters(state, L);
+}
+BENCHMARK(BM_SdpaFused2T)->Apply(sdpa_lengths)->UseRealTime();
+
 
 // ---- multi-head attention -----------------------------------------------------------
 

@@ -7,10 +7,14 @@
 #include "attend/core/random.hpp"
 #include "attend/core/tensor.hpp"
 #include "attend/core/types.hpp"
+#include "attend/embedding/embedding.hpp"
 #include "attend/ops/activation.hpp"
 #include "attend/ops/dropout.hpp"
+#include "attend/ops/layer_norm.hpp"
+#include "attend/ops/linear.hpp"
 #include "attend/ops/softmax.hpp"
 #include "attend/train/gradcheck.hpp"
+#include "attend/train/parameters.hpp"
 
 #include <Eigen/Core>
 
@@ -104,6 +108,43 @@ template <typename A, typename B>
 double dot_loss(const Eigen::MatrixBase<A>& y, const Eigen::MatrixBase<B>& upstream) {
   return (y.template cast<double>().array() * upstream.template cast<double>().array()).sum();
 }
+
+/// Embedding -> LayerNorm -> Linear: a model with every kind of registered parameter.
+template <typename S>
+struct TinyModel {
+  attend::Embedding<S> embed{5, 3, Index(0), 1};  // padding_idx 0
+  attend::LayerNorm<S> norm{3};
+  attend::Linear<S> fc{3, 4, true, 2};
+  attend::EmbeddingGrad<S> d_embed;
+  attend::LayerNormGrad<S> d_norm;
+  attend::LinearGrad<S> d_fc;
+
+  template <typename Visit>
+  void named_parameters(Visit&& visit) {
+    attend::named_parameters(embed, d_embed, visit, "embed.");
+    attend::named_parameters(norm, d_norm, visit, "norm.");
+    attend::named_parameters(fc, d_fc, visit, "fc.");
+  }
+
+  /// [L, 4] logits of the ids; `cache` receives the LayerNorm and Linear inputs.
+  Matrix<S> forward(const std::vector<std::int64_t>& ids, attend::LayerNormCache<S>* ln = nullptr,
+                    Matrix<S>* fc_in = nullptr) const {
+    const Matrix<S> h = norm.forward(embed.forward(ids), ln);  // [L, 3]
+    if (fc_in) *fc_in = h;
+    return fc.forward(h);
+  }
+
+  /// Accumulates every parameter gradient of sum(forward(ids) * dy).
+  void backward(const std::vector<std::int64_t>& ids, const Matrix<S>& dy) {
+    attend::LayerNormCache<S> ln;
+    Matrix<S> h;
+    (void)forward(ids, &ln, &h);
+    const Matrix<S> dh = fc.backward(h, dy, d_fc.d_weight, d_fc.d_bias);
+    const Matrix<S> de = attend::layer_norm_backward(ln, norm.weight, dh, &d_norm.d_weight,
+                                                     &d_norm.d_bias);
+    embed.backward(ids, de, d_embed.d_weight);
+  }
+};
 
 /// Runs gradcheck and requires its error below kGradTol, printing the worst element.
 template <typename X, typename DA, typename F>
@@ -258,4 +299,176 @@ TEST_CASE("gradcheck.hpp: masked log_softmax and softmax backwards match differe
   // Perturb only the finite entries: row 0 and row 2 here.
   require_gradient(xm.row(0), dx.row(0), lloss);
   require_gradient(xm.row(2), dx.row(2), lloss);
+}
+
+// ========================================================================================
+// parameters.hpp
+// ========================================================================================
+
+TEMPLATE_TEST_CASE("parameters.hpp: a model's named parameters, in order, with PyTorch shapes",
+                   "[train]", float, double) {
+  using S = TestType;
+  TinyModel<S> model;
+  const attend::ParameterList<S> params = attend::collect_parameters<S>(model);
+  const std::vector<std::string> names{"embed.weight", "norm.weight", "norm.bias", "fc.weight",
+                                       "fc.bias"};
+  const std::vector<attend::Shape> shapes{{5, 3}, {3}, {3}, {4, 3}, {4}};
+  REQUIRE(params.size() == 5);
+  for (Index i = 0; i < params.size(); ++i) {
+    CHECK(params[i].name() == names[static_cast<std::size_t>(i)]);
+    CHECK(params[i].shape() == shapes[static_cast<std::size_t>(i)]);
+  }
+  REQUIRE(params.numel() == 15 + 3 + 3 + 12 + 4);
+  // Gradient buffers were sized to zeros of the parameter's shape.
+  REQUIRE(model.d_fc.d_weight.rows() == 4);
+  REQUIRE(model.d_fc.d_weight.cols() == 3);
+  REQUIRE(model.d_fc.d_weight.isZero(0));
+  REQUIRE(model.d_norm.d_bias.size() == 3);
+  // The views alias the module's storage, row-major like a state dict.
+  params.at("fc.weight").value()(4) = S(2.5);  // row 1, column 1 of [4, 3]
+  REQUIRE(model.fc.weight(1, 1) == S(2.5));
+  model.d_fc.d_bias(3) = S(-1);
+  REQUIRE(params.at("fc.bias").grad()(3) == S(-1));
+  REQUIRE(params.find("nope") == nullptr);
+}
+
+TEMPLATE_TEST_CASE("parameters.hpp: absent parameters are not visited", "[train]", float, double) {
+  using S = TestType;
+  attend::Linear<S> lin(3, 2, /*bias=*/false);
+  attend::LinearGrad<S> d_lin;
+  attend::LayerNorm<S> ln(3, 1e-5, /*elementwise_affine=*/false);
+  attend::LayerNormGrad<S> d_ln;
+  attend::ParameterList<S> params;
+  attend::named_parameters(lin, d_lin, params, "lin.");
+  attend::named_parameters(ln, d_ln, params, "ln.");
+  REQUIRE(params.size() == 1);
+  REQUIRE(params[0].name() == "lin.weight");
+  REQUIRE(d_lin.d_bias.size() == 0);
+}
+
+TEST_CASE("parameters.hpp: gradients accumulate until zero_grad", "[train][grad]") {
+  TinyModel<double> model;
+  const attend::ParameterList<double> params = attend::collect_parameters<double>(model);
+  const std::vector<std::int64_t> ids{1, 3, 0, 3};
+  Rng rng(5);
+  const Matrix<double> up = random_matrix(4, 4, rng);
+  model.backward(ids, up);
+  std::vector<Vector<double>> once;
+  for (const auto& p : params) once.emplace_back(p.grad());
+  model.backward(ids, up);
+  // Two identical backward calls give twice the gradient; only the order of additions
+  // differs (id 3 repeats: ((a + b) + a) + b against 2 (a + b)), a few ulps of O(1) values.
+  constexpr double kReorderTol = 1e-14;
+  for (Index i = 0; i < params.size(); ++i) {
+    INFO(params[i].name());
+    require_close(params[i].grad(), 2 * once[static_cast<std::size_t>(i)], kReorderTol);
+  }
+  attend::zero_grad(params);
+  for (const auto& p : params) REQUIRE(p.grad().isZero(0));
+}
+
+TEST_CASE("parameters.hpp: every parameter of the model passes gradcheck through the list",
+          "[train][grad]") {
+  TinyModel<double> model;
+  const attend::ParameterList<double> params = attend::collect_parameters<double>(model);
+  // Non-trivial LayerNorm parameters, so their gradients are not special values.
+  Rng rng(9);
+  model.norm.weight = Vector<double>::Constant(3, 1.0) + random_matrix(3, 1, rng, 0.5);
+  model.norm.bias = random_matrix(3, 1, rng, 0.5);
+  const std::vector<std::int64_t> ids{1, 3, 0, 3, 4};  // 0 is the padding id
+  const Matrix<double> up = random_matrix(5, 4, rng);
+  model.backward(ids, up);
+  const auto loss = [&] { return dot_loss(model.forward(ids), up); };
+  for (const auto& p : params) {
+    if (p.name() == "embed.weight") continue;  // below: the padding row is special
+    INFO(p.name());
+    require_gradient(p.value(), p.grad(), loss);
+  }
+  // Rows 1..4 of the embedding follow the forward; row 0 (padding) gets no gradient even
+  // though the forward reads it, as in PyTorch.
+  require_gradient(model.embed.weight.bottomRows(4), model.d_embed.d_weight.bottomRows(4), loss);
+  REQUIRE(model.d_embed.d_weight.row(0).isZero(0));
+  REQUIRE(model.d_embed.d_weight.row(2).isZero(0));  // id 2 does not occur
+}
+
+TEMPLATE_TEST_CASE("parameters.hpp: duplicate names, bad gradient shapes, unknown names",
+                   "[train][error]", float, double) {
+  using S = TestType;
+  attend::ParameterList<S> params;
+  Matrix<S> w = Matrix<S>::Zero(2, 3), dw;
+  Vector<S> b = Vector<S>::Zero(2), db = Vector<S>::Zero(3);
+  params("w", w, dw);
+  REQUIRE_THROWS_AS(params("w", w, dw), attend::value_error);
+  REQUIRE_THROWS_WITH(params("w", w, dw), "ParameterList: parameter 'w' is registered twice");
+  REQUIRE_THROWS_AS(params("b", b, db), attend::shape_error);
+  REQUIRE_THROWS_WITH(params("b", b, db), "ParameterList: grad of 'b' is [3], expected [2]");
+  Matrix<S> bad = Matrix<S>::Zero(3, 2);
+  REQUIRE_THROWS_WITH(params("w2", w, bad), "ParameterList: grad of 'w2' is [3, 2], expected [2, 3]");
+  Tensor<S> t({2, 2, 2}), dt({2, 4});
+  REQUIRE_THROWS_WITH(params("t", t, dt), "ParameterList: grad of 't' is [2, 4], expected [2, 2, 2]");
+  REQUIRE_THROWS_AS(params.at("x"), attend::index_error);
+  REQUIRE_THROWS_WITH(params.at("x"), "ParameterList::at: no parameter named 'x'");
+  REQUIRE(params.size() == 1);  // failed registrations left nothing behind
+}
+
+// ========================================================================================
+// embedding.hpp: backward
+// ========================================================================================
+
+TEMPLATE_TEST_CASE("embedding.hpp: backward by hand; repeated ids add up; padding row stays 0",
+                   "[train][grad]", float, double) {
+  using S = TestType;
+  attend::Embedding<S> emb(4, 2, Index(0), 3);  // V = 4, D = 2, padding_idx 0
+  const std::vector<std::int64_t> ids{1, 3, 1, 0};
+  const Matrix<S> dy = mat<S>(4, 2, {1, 2, 3, 4, 5, 6, 7, 8});
+  Matrix<S> dw;
+  emb.backward(ids, dy, dw);
+  // row 1: [1, 2] + [5, 6] = [6, 8]; row 3: [3, 4]; row 0 (padding) and row 2: 0.
+  require_close(dw, mat<S>(4, 2, {0, 0, 6, 8, 0, 0, 3, 4}), 0.0);
+  // Accumulates; the tensor form with ids [2, 2] gives the same.
+  Tensor<std::int64_t> tids({2, 2}, std::vector<std::int64_t>{1, 3, 1, 0});
+  Tensor<S> tdy({2, 2, 2});
+  tdy.as_matrix() = dy;
+  emb.backward(tids, tdy, dw);
+  require_close(dw, mat<S>(4, 2, {0, 0, 12, 16, 0, 0, 6, 8}), 0.0);
+  // scale_by_sqrt_d: the forward multiplies by sqrt(2), so does the gradient.
+  emb.scale_by_sqrt_d = true;
+  Matrix<S> ds;
+  emb.backward(ids, dy, ds);
+  const double r2 = std::sqrt(2.0);
+  require_close(ds, mat<S>(4, 2, {0, 0, 6 * r2, 8 * r2, 0, 0, 3 * r2, 4 * r2}), kHandTol<S>);
+}
+
+TEST_CASE("embedding.hpp: backward matches central differences, scaled and not",
+          "[train][grad]") {
+  for (const bool scaled : {false, true}) {
+    attend::Embedding<double> emb(6, 4, std::nullopt, 2);
+    emb.scale_by_sqrt_d = scaled;
+    const std::vector<std::int64_t> ids{5, 0, 2, 5, 1};
+    Rng rng(4);
+    const Matrix<double> up = random_matrix(5, 4, rng);
+    Matrix<double> dw;
+    emb.backward(ids, up, dw);
+    require_gradient(emb.weight, dw, [&] { return dot_loss(emb.forward(ids), up); });
+  }
+}
+
+TEMPLATE_TEST_CASE("embedding.hpp: backward rejects bad shapes and ids", "[train][error]", float,
+                   double) {
+  using S = TestType;
+  attend::Embedding<S> emb(4, 2);
+  Matrix<S> dw;
+  REQUIRE_THROWS_AS(emb.backward({1, 2}, Matrix<S>::Zero(3, 2), dw), attend::shape_error);
+  REQUIRE_THROWS_WITH(emb.backward({1, 2}, Matrix<S>::Zero(3, 2), dw),
+                      "Embedding::backward: d_out is [3, 2], expected [2, 2] ([L, D] for 2 ids)");
+  REQUIRE_THROWS_AS(emb.backward({1, 4}, Matrix<S>::Zero(2, 2), dw), attend::index_error);
+  REQUIRE_THROWS_WITH(emb.backward({1, 4}, Matrix<S>::Zero(2, 2), dw),
+                      "Embedding::backward: token id 4 at position 1 is out of range [0, 4)");
+  REQUIRE(dw.isZero(0));  // sized, but nothing written before the failure
+  Matrix<S> wrong = Matrix<S>::Zero(2, 2);
+  REQUIRE_THROWS_WITH(emb.backward({1}, Matrix<S>::Zero(1, 2), wrong),
+                      "Embedding::backward: d_weight is [2, 2], expected [4, 2]");
+  Tensor<std::int64_t> ids({2}, std::vector<std::int64_t>{0, 1});
+  REQUIRE_THROWS_WITH(emb.backward(ids, Tensor<S>({2, 3}), dw),
+                      "Embedding::backward: d_out is [2, 3], expected [2, 2]");
 }

@@ -1,6 +1,6 @@
 // SPDX-License-Identifier: MIT
-// Tests of transformer/: encoder and decoder layers and the encoder stack (PyTorch fixtures,
-// properties, state-dict loading and error paths).
+// Tests of transformer/: encoder and decoder layers, stacks, the full seq2seq model, and the
+// positions of attention (PyTorch fixtures, properties, state-dict loading and error paths).
 #include "attend/transformer/transformer.hpp"
 
 #include "attend/attention/alibi.hpp"
@@ -24,6 +24,9 @@
 #include "attend/transformer/encoder.hpp"
 #include "attend/transformer/encoder_layer.hpp"
 #include "attend/transformer/layer_options.hpp"
+#include "attend/transformer/seq2seq.hpp"
+#include "attend/transformer/state_dict_writer.hpp"
+#include "attend/rnn/decoding.hpp"
 
 #include <Eigen/Core>
 
@@ -33,6 +36,7 @@
 #include <cmath>
 #include <cstdint>
 #include <limits>
+#include <set>
 #include <sstream>
 #include <string>
 #include <type_traits>
@@ -892,6 +896,406 @@ TEST_CASE("grouped_query.hpp: invalid head counts are rejected", "[transformer][
   REQUIRE_THROWS_WITH(
       attend::GroupedQueryAttention<float>(go),
       "GroupedQueryAttention: head_dim 3 is odd, expected an even head_dim for rotary");
+}
+
+// ========================================================================================
+// positions selectable in multi-head attention
+// ========================================================================================
+
+/// Random in_proj_bias and out_proj_bias (zeros by default, which would hide them).
+template <typename S>
+void randomize_biases(attend::MultiheadAttention<S>& mha, Rng& rng) {
+  for (Index i = 0; i < mha.in_proj_bias.size(); ++i) mha.in_proj_bias(i) = S(rng.uniform(-0.5, 0.5));
+  for (Index i = 0; i < mha.out_proj_bias.size(); ++i)
+    mha.out_proj_bias(i) = S(rng.uniform(-0.5, 0.5));
+}
+
+TEMPLATE_TEST_CASE("multihead.hpp: rotary positions equal GroupedQueryAttention with G = H",
+                   "[transformer][property]", float, double) {
+  using S = TestType;
+  Rng rng(21);
+  const Index E = 16, H = 4, L = 5, Sk = 7, B = 2;
+  for (const auto layout : {attend::RotaryLayout::interleaved, attend::RotaryLayout::half}) {
+    for (const bool batch_first : {false, true}) {
+      INFO("layout " << static_cast<int>(layout) << ", batch_first " << batch_first);
+      attend::MultiheadAttentionOptions mo;
+      mo.embed_dim = E;
+      mo.num_heads = H;
+      mo.batch_first = batch_first;
+      mo.position = attend::PositionKind::rotary;
+      mo.rotary_layout = layout;
+      mo.rotary_base = 500.0;  // not the default, so the option must reach the rotation
+      attend::MultiheadAttention<S> mha(mo, 9);
+      randomize_biases<S>(mha, rng);
+      // The same weights in GQA's layout: q/k/v_proj are the row blocks of in_proj.
+      attend::GroupedQueryAttentionOptions go;
+      go.embed_dim = E;
+      go.num_heads = H;
+      go.num_kv_heads = H;
+      go.batch_first = batch_first;
+      go.rotary = true;
+      go.rotary_layout = layout;
+      go.rotary_base = 500.0;
+      attend::GroupedQueryAttention<S> gqa(go);
+      gqa.q_proj_weight = mha.in_proj_weight.topRows(E);
+      gqa.k_proj_weight = mha.in_proj_weight.middleRows(E, E);
+      gqa.v_proj_weight = mha.in_proj_weight.bottomRows(E);
+      gqa.q_proj_bias = mha.in_proj_bias.head(E);
+      gqa.k_proj_bias = mha.in_proj_bias.segment(E, E);
+      gqa.v_proj_bias = mha.in_proj_bias.tail(E);
+      gqa.out_proj_weight = mha.out_proj_weight;
+      gqa.out_proj_bias = mha.out_proj_bias;
+      const Tensor<S> q = random_tensor<S>(batch_first ? Shape{B, L, E} : Shape{L, B, E}, rng);
+      const Tensor<S> k = random_tensor<S>(batch_first ? Shape{B, Sk, E} : Shape{Sk, B, E}, rng);
+      const Tensor<S> v = random_tensor<S>(batch_first ? Shape{B, Sk, E} : Shape{Sk, B, E}, rng);
+      attend::MultiheadAttentionArgs ma;
+      ma.need_weights = false;
+      ma.key_padding_mask = Mask::key_padding_lengths({7, 5}, Sk);
+      ma.attn_mask = Mask::causal(2);
+      ma.query_position = 3;
+      ma.key_position = 1;
+      attend::GroupedQueryAttentionArgs ga;
+      ga.key_padding_mask = ma.key_padding_mask;
+      ga.attn_mask = ma.attn_mask;
+      ga.query_position = 3;
+      ga.key_position = 1;
+      const Tensor<S> y = mha.forward(q, k, v, ma).output;
+      require_close(y, gqa.forward(q, k, v, ga), kSameTol<S>);
+      // The rotation is not the identity: without it the result differs.
+      attend::MultiheadAttention<S> plain = mha;
+      plain.options.position = attend::PositionKind::none;
+      CHECK(plain.forward(q, k, v, ma).output.as_matrix() != y.as_matrix());
+    }
+  }
+}
+
+TEMPLATE_TEST_CASE("multihead.hpp: rotary self-attention sees relative positions only",
+                   "[transformer][property]", float, double) {
+  using S = TestType;
+  Rng rng(22);
+  attend::MultiheadAttentionOptions mo;
+  mo.embed_dim = 12;
+  mo.num_heads = 3;
+  mo.position = attend::PositionKind::rotary;
+  attend::MultiheadAttention<S> mha(mo, 4);
+  randomize_biases<S>(mha, rng);
+  const Tensor<S> x = random_tensor<S>({6, 2, 12}, rng);
+  attend::MultiheadAttentionArgs a;
+  a.is_causal = true;
+  const attend::AttentionResult<S> r0 = mha.forward(x, a);
+  a.query_position = a.key_position = 57;  // every position shifted alike
+  const attend::AttentionResult<S> r1 = mha.forward(x, a);
+  // Angles up to ~60 rad round differently in cos/sin than the unshifted ones; a few ulps.
+  require_close(r1.output, r0.output, kReorderTol<S>);
+  require_close(r1.attn_weights, r0.attn_weights, kReorderTol<S>);
+  a.key_position = 0;  // another relative offset: another result
+  CHECK(mha.forward(x, a).output.as_matrix() != r0.output.as_matrix());
+}
+
+TEMPLATE_TEST_CASE("multihead.hpp: the ALiBi option equals alibi_mask passed as attn_mask",
+                   "[transformer][property]", float, double) {
+  using S = TestType;
+  Rng rng(23);
+  const Index E = 12, H = 6, L = 4, Sk = 9, B = 2;  // H = 6: slopes of 4, then every other of 8
+  attend::MultiheadAttentionOptions mo;
+  mo.embed_dim = E;
+  mo.num_heads = H;
+  attend::MultiheadAttention<S> by_mask(mo, 6);
+  randomize_biases<S>(by_mask, rng);
+  attend::MultiheadAttention<S> by_option = by_mask;
+  by_option.options.position = attend::PositionKind::alibi;
+  const Tensor<S> q = random_tensor<S>({L, B, E}, rng), kv = random_tensor<S>({Sk, B, E}, rng);
+  const Mask padding = Mask::key_padding_lengths({9, 6}, Sk);
+  // Query 0 at absolute position 7, key 0 at 2: offset 5, so the causal form leaves keys
+  // 0 .. 5 + i visible to query i.
+  for (const bool causal : {false, true}) {
+    INFO("causal " << causal);
+    attend::MultiheadAttentionArgs opt;
+    opt.average_attn_weights = false;
+    opt.key_padding_mask = padding;
+    opt.query_position = 7;
+    opt.key_position = 2;
+    opt.attn_mask = causal ? Mask::causal(5) : Mask();
+    attend::MultiheadAttentionArgs ref;
+    ref.average_attn_weights = false;
+    ref.key_padding_mask = padding;
+    ref.attn_mask = attend::alibi_mask(H, L, Sk, causal, 5);
+    const attend::AttentionResult<S> a = by_option.forward(q, kv, kv, opt);
+    const attend::AttentionResult<S> b = by_mask.forward(q, kv, kv, ref);
+    // The same biases (in double) are added to the same scores, and the blocked entries
+    // are the same: identical bits, not just close.
+    require_close(a.output, b.output, 0.0);
+    require_close(a.attn_weights, b.attn_weights, 0.0);
+    // ALiBi changes the weights: query 0 of head 0 (slope 1/4) weighs key 5 (distance 0)
+    // against key 0 (distance 5) by exp(5/4) more than plain attention does.
+    const attend::AttentionResult<S> plain = by_mask.forward(q, kv, kv, opt);
+    const double ratio_alibi = double(a.attn_weights(0, 0, 0, 5)) / double(a.attn_weights(0, 0, 0, 0));
+    const double ratio_plain =
+        double(plain.attn_weights(0, 0, 0, 5)) / double(plain.attn_weights(0, 0, 0, 0));
+    CHECK(std::abs(ratio_alibi / ratio_plain - std::exp(1.25)) < kHandTol<S> * 100);
+  }
+}
+
+TEMPLATE_TEST_CASE("multihead.hpp: positions default to none and are checked",
+                   "[transformer][error]", float, double) {
+  using S = TestType;
+  Rng rng(24);
+  attend::MultiheadAttentionOptions mo;
+  mo.embed_dim = 8;
+  mo.num_heads = 2;
+  REQUIRE(mo.position == attend::PositionKind::none);
+  const attend::MultiheadAttention<S> plain(mo, 1);
+  const Tensor<S> x = random_tensor<S>({3, 8}, rng);
+  attend::MultiheadAttentionArgs shifted;
+  shifted.query_position = 9;  // ignored without rotary or ALiBi
+  shifted.key_position = -4;
+  require_close(plain.forward(x, shifted).output, plain.forward(x).output, 0.0);
+
+  mo.position = attend::PositionKind::rotary;
+  mo.embed_dim = 6;  // head_dim 3
+  REQUIRE_THROWS_AS(attend::MultiheadAttention<S>(mo), attend::value_error);
+  REQUIRE_THROWS_WITH(attend::MultiheadAttention<S>(mo),
+                      "MultiheadAttention: head_dim 3 is odd, expected an even head_dim for rotary");
+  mo.embed_dim = 8;
+  mo.rotary_base = 1.0;
+  REQUIRE_THROWS_WITH(attend::MultiheadAttention<S>(mo),
+                      "MultiheadAttention: rotary_base is 1.000000, expected a finite value > 1");
+  mo.rotary_base = 10000.0;
+  mo.position = attend::PositionKind::alibi;
+  const attend::MultiheadAttention<S> alibi(mo, 1);
+  REQUIRE_THROWS_AS(alibi.forward(x, shifted), attend::value_error);
+  REQUIRE_THROWS_WITH(alibi.forward(x, shifted),
+                      "MultiheadAttention::forward: query_position is 9 and key_position is -4, "
+                      "expected both >= 0");
+}
+
+// ========================================================================================
+// the full model: TransformerSeq2Seq
+// ========================================================================================
+
+attend::TransformerSeq2SeqOptions seq2seq_options(bool norm_first = false, bool batch_first = false) {
+  attend::TransformerSeq2SeqOptions o;
+  o.transformer.layer = small_options(norm_first, batch_first);
+  o.transformer.num_encoder_layers = 2;
+  o.transformer.num_decoder_layers = 2;
+  o.src_vocab_size = 11;
+  o.tgt_vocab_size = 13;
+  o.max_len = 40;
+  return o;
+}
+
+/// Token ids uniform in [0, V), shaped `shape`.
+Tensor<std::int64_t> random_ids(const Shape& shape, Index V, Rng& rng) {
+  Tensor<std::int64_t> t(shape);
+  for (Index i = 0; i < t.size(); ++i) t.data()[i] = static_cast<std::int64_t>(rng.next() % V);
+  return t;
+}
+
+/// The names of every tensor of a parsed file that are not input. or expected.
+std::set<std::string> parameter_names(const attend::SafeTensors& st) {
+  std::set<std::string> out;
+  for (const std::string& n : st.names()) {
+    if (n.rfind("input.", 0) != 0 && n.rfind("expected.", 0) != 0) out.insert(n);
+  }
+  return out;
+}
+
+TEST_CASE("seq2seq.hpp: matches the generator's PyTorch TransformerSeq2Seq", "[transformer][fixture]") {
+  const auto st = attend::SafeTensors::load(
+      fixture("transformer_seq2seq/post_norm_causal_f64.safetensors"));
+  attend::TransformerSeq2SeqOptions o = seq2seq_options();
+  o.transformer.layer.activation = attend::Activation::relu;
+  o.max_len = 16;
+  attend::TransformerSeq2Seq<double> model(o);
+  model.load_state_dict(st);
+  attend::TransformerArgs a;
+  a.tgt_is_causal = true;
+  a.src_key_padding_mask = Mask::key_padding(st.get<bool>("input.src_key_padding_mask"));
+  a.memory_key_padding_mask = a.src_key_padding_mask;
+  const Tensor<double> memory = model.encode(st.get<std::int64_t>("input.src"), a);
+  const double rtol = std::stod(st.metadata().at("rtol")), atol = std::stod(st.metadata().at("atol"));
+  require_close(memory, st.get<double>("expected.memory"), atol, rtol);
+  check_fixture(model.decode(st.get<std::int64_t>("input.tgt"), memory, a), st);
+  // save_state_dict writes exactly the names of the PyTorch module's state dict.
+  attend::SafeTensorsWriter w;
+  model.save_state_dict(w);
+  CHECK(parameter_names(attend::SafeTensors::parse(w.to_bytes(), "saved")) == parameter_names(st));
+}
+
+TEST_CASE("state_dict_writer.hpp: nn.Transformer's state-dict names", "[transformer]") {
+  const auto st = attend::SafeTensors::load(fixture("transformer/post_norm_masks_f32.safetensors"));
+  attend::TransformerOptions o;
+  o.layer = small_options();
+  o.num_encoder_layers = o.num_decoder_layers = 2;
+  attend::Transformer<float> model(o);
+  model.load_state_dict(st);
+  attend::SafeTensorsWriter w;
+  attend::add_state_dict(w, model);
+  const auto saved = attend::SafeTensors::parse(w.to_bytes(), "saved");
+  REQUIRE(parameter_names(saved) == parameter_names(st));  // 60 names
+  for (const std::string& n : parameter_names(st)) {
+    INFO(n);
+    CHECK(saved.get<float>(n).flat() == st.get<float>(n).flat());  // the loaded values, unchanged
+  }
+}
+
+TEMPLATE_TEST_CASE("seq2seq.hpp: save and load by names round-trip, all or nothing",
+                   "[transformer]", float, double) {
+  using S = TestType;
+  Rng rng(31);
+  const attend::TransformerSeq2Seq<S> source(seq2seq_options(true), 1);
+  attend::SafeTensorsWriter w;
+  source.save_state_dict(w, "model.");
+  const std::vector<std::uint8_t> bytes = w.to_bytes();
+  const auto st = attend::SafeTensors::parse(bytes, "mem");
+  // 2 embeddings + generator weight and bias + nn.Transformer's 2 * 12 + 2 * 18 + 2 + 2.
+  CHECK(st.names().size() == 68);
+  CHECK(st.contains("model.transformer.decoder.layers.1.multihead_attn.out_proj.bias"));
+
+  attend::TransformerSeq2Seq<S> target(seq2seq_options(true), 2);
+  const Tensor<std::int64_t> src = random_ids({6, 2}, 11, rng), tgt = random_ids({4, 2}, 13, rng);
+  attend::TransformerArgs causal;
+  causal.tgt_is_causal = true;
+  CHECK(target.forward(src, tgt, causal).as_matrix() != source.forward(src, tgt, causal).as_matrix());
+  target.load_state_dict(st, "model.");
+  require_close(target.forward(src, tgt, causal), source.forward(src, tgt, causal), 0.0);
+  attend::SafeTensorsWriter again;
+  target.save_state_dict(again, "model.");
+  CHECK(again.to_bytes() == bytes);  // the same file, byte for byte
+
+  // A file without the generator's bias: nothing is loaded.
+  attend::SafeTensorsWriter partial;
+  attend::TransformerSeq2Seq<S> third(seq2seq_options(true), 3);
+  attend::add_state_dict(partial, source.transformer, "transformer.");
+  partial.add("src_embed.weight", Tensor<S>::from_matrix(source.src_embed.weight));
+  partial.add("tgt_embed.weight", Tensor<S>::from_matrix(source.tgt_embed.weight));
+  partial.add("generator.weight", Tensor<S>::from_matrix(source.generator.weight));
+  const Tensor<S> before = third.forward(src, tgt, causal);
+  const auto partial_st = attend::SafeTensors::parse(partial.to_bytes(), "partial");
+  REQUIRE_THROWS_AS(third.load_state_dict(partial_st), attend::index_error);
+  REQUIRE_THROWS_WITH(third.load_state_dict(partial_st),
+                      "load_vector: no parameter named 'generator.bias' in partial");
+  require_close(third.forward(src, tgt, causal), before, 0.0);
+}
+
+TEMPLATE_TEST_CASE("seq2seq.hpp: 30 cached decode steps equal decoding the whole prefix",
+                   "[transformer][property]", float, double) {
+  using S = TestType;
+  Rng rng(32);
+  const Index L = 30, B = 2, Sm = 7;
+  for (const bool norm_first : {false, true}) {
+    for (const bool batch_first : {false, true}) {
+      INFO("norm_first " << norm_first << ", batch_first " << batch_first);
+      attend::TransformerSeq2Seq<S> model(seq2seq_options(norm_first, batch_first), 41);
+      for (Index i = 0; i < model.generator.bias.size(); ++i)
+        model.generator.bias(i) = S(rng.uniform(-0.5, 0.5));
+      const Tensor<std::int64_t> src = random_ids(batch_first ? Shape{B, Sm} : Shape{Sm, B}, 11, rng);
+      const Tensor<std::int64_t> tgt = random_ids(batch_first ? Shape{B, L} : Shape{L, B}, 13, rng);
+      attend::TransformerArgs a;
+      a.tgt_is_causal = true;
+      a.src_key_padding_mask = a.memory_key_padding_mask = Mask::key_padding_lengths({7, 5}, Sm);
+      const Tensor<S> memory = model.encode(src, a);
+      const Tensor<S> full = model.decode(tgt, memory, a);  // [L, B, V] or [B, L, V]
+      auto cache = model.make_cache(B, L);
+      for (Index t = 0; t < L; ++t) {
+        Tensor<std::int64_t> step(batch_first ? Shape{B, 1} : Shape{1, B});
+        for (Index b = 0; b < B; ++b) step.data()[b] = batch_first ? tgt(b, t) : tgt(t, b);
+        const Tensor<S> got = model.decode_step(step, memory, cache, a.memory_key_padding_mask);
+        for (Index b = 0; b < B; ++b) {
+          const Index row = batch_first ? b * L + t : t * B + b;
+          require_close(got.as_matrix().row(b), full.as_matrix().row(row), kCacheTol<S>);
+        }
+      }
+      CHECK(cache.size() == L);
+    }
+  }
+}
+
+TEMPLATE_TEST_CASE("seq2seq.hpp: greedy decoding with the KV cache equals decoding without",
+                   "[transformer][property]", float, double) {
+  using S = TestType;
+  Rng rng(33);
+  attend::TransformerSeq2Seq<S> model(seq2seq_options(true), 51);
+  constexpr std::int64_t eos = 12;
+  model.generator.bias(eos) = S(-100);  // never chosen: every run decodes max_length tokens
+  const std::vector<std::int64_t> source{3, 1, 4, 1, 5, 9, 2, 6};
+  attend::DecodeOptions opts;
+  opts.bos = 0;
+  opts.eos = eos;
+  opts.max_length = 25;
+  const attend::TransformerSeq2SeqDecoder<S> cached(model, source, true);
+  const attend::TransformerSeq2SeqDecoder<S> uncached(model, source, false);
+  const auto a = attend::greedy_decode(cached, opts);
+  const auto b = attend::greedy_decode(uncached, opts);
+  REQUIRE(a.tokens.size() == 25);
+  CHECK(a.tokens == b.tokens);
+  // 25 summed log-probabilities, each off by at most kCacheTol.
+  CHECK(std::abs(a.log_prob - b.log_prob) < 25 * kCacheTol<S>);
+  CHECK(a.state.cache.size() == 25);
+  CHECK(a.state.tokens.size() == 25);  // bos and the first 24 generated tokens were fed
+  CHECK(std::set<std::int64_t>(a.tokens.begin(), a.tokens.end()).size() > 1);  // not one token
+  // Beam search runs on the same step model, and agrees both ways too.
+  opts.beam_width = 3;
+  opts.max_length = 8;
+  const auto beams_a = attend::beam_search(cached, opts);
+  const auto beams_b = attend::beam_search(uncached, opts);
+  REQUIRE(beams_a.size() == beams_b.size());
+  for (std::size_t i = 0; i < beams_a.size(); ++i) CHECK(beams_a[i].tokens == beams_b[i].tokens);
+  // The cache's capacity bounds a hypothesis.
+  const attend::TransformerSeq2SeqDecoder<S> short_cache(model, source, true, 4);
+  opts.max_length = 5;
+  REQUIRE_THROWS_AS(attend::greedy_decode(short_cache, opts), attend::index_error);
+  const attend::TransformerSeq2SeqDecoder<S> short_prefix(model, source, false, 4);
+  REQUIRE_THROWS_WITH(attend::greedy_decode(short_prefix, opts),
+                      "TransformerSeq2SeqDecoder::step: 5 target positions, expected at most 4 "
+                      "(max_steps)");
+}
+
+TEMPLATE_TEST_CASE("seq2seq.hpp: embeddings, positions and bad input", "[transformer][error]",
+                   float, double) {
+  using S = TestType;
+  attend::TransformerSeq2SeqOptions o = seq2seq_options();
+  o.max_len = 6;
+  const attend::TransformerSeq2Seq<S> model(o, 7);
+  // Token 4 at position 2 enters the encoder as src_embed.weight[4] * sqrt(8) + PE[2], and
+  // target token 5 at position 3 of a cached decode as tgt_embed.weight[5] * sqrt(8) + PE[3].
+  Tensor<std::int64_t> ids({3});
+  ids.data()[0] = 0;
+  ids.data()[1] = 0;
+  ids.data()[2] = 4;
+  const attend::Matrix<S> pe = attend::sinusoidal_positional_encoding<S>(6, 8);
+  CHECK(model.positions.table() == pe);
+  const S sqrt8 = static_cast<S>(std::sqrt(8.0));
+  const Tensor<S> x = model.embed_source(ids);  // [3, 8]
+  REQUIRE(x.shape() == Shape{3, 8});
+  CHECK(x.as_matrix().row(2) == (model.src_embed.weight.row(4) * sqrt8 + pe.row(2)).eval());
+  Tensor<std::int64_t> five({1, 1});  // [T = 1, B = 1]
+  five.data()[0] = 5;
+  const Tensor<S> y = model.embed_target(five, 3);  // [1, 1, 8]
+  CHECK(y.as_matrix().row(0) == (model.tgt_embed.weight.row(5) * sqrt8 + pe.row(3)).eval());
+  CHECK(model.src_embed.scale_by_sqrt_d);
+
+  REQUIRE_THROWS_AS(model.encode(Tensor<std::int64_t>({2, 2, 2})), attend::shape_error);
+  REQUIRE_THROWS_WITH(model.encode(Tensor<std::int64_t>({2, 2, 2})),
+                      "TransformerSeq2Seq::encode: src is [2, 2, 2], expected [T, B] or [T] "
+                      "(token ids)");
+  ids.data()[1] = 11;
+  REQUIRE_THROWS_AS(model.encode(ids), attend::index_error);
+  REQUIRE_THROWS_WITH(model.encode(ids),
+                      "TransformerSeq2Seq::encode: src holds token id 11 at flat index 1, "
+                      "expected in [0, 11)");
+  REQUIRE_THROWS_WITH(model.encode(Tensor<std::int64_t>({7})),
+                      "TransformerSeq2Seq::encode: src positions [0, 7) exceed max_len 6");
+  const Tensor<S> memory = model.encode(Tensor<std::int64_t>({4}));
+  auto cache = model.make_cache(1, 10);
+  for (int t = 0; t < 6; ++t) model.decode_step(Tensor<std::int64_t>({1}), memory, cache);
+  REQUIRE_THROWS_WITH(model.decode_step(Tensor<std::int64_t>({1}), memory, cache),
+                      "TransformerSeq2Seq::decode_step: tgt positions [6, 7) exceed max_len 6");
+  o.tgt_vocab_size = 0;
+  REQUIRE_THROWS_AS(attend::TransformerSeq2Seq<S>(o), attend::value_error);
+  REQUIRE_THROWS_WITH(attend::TransformerSeq2Seq<S>(o),
+                      "TransformerSeq2Seq: src_vocab_size is 11, tgt_vocab_size 0 and max_len 6, "
+                      "expected all positive");
 }
 
 }  // namespace

@@ -117,6 +117,23 @@ class TransformerSeq2Seq {
     add_state_dict(w, generator, prefix + "generator.");
   }
 
+  /// The encoder's input: `src_embed(src) * sqrt(E) + PE[t]` for the token at position t
+  /// (no sqrt(E) when scale_embedding is false).
+  /// \param src [S, B] token ids ([B, S] when batch_first; [S] unbatched)
+  /// \returns [S, B, E] in src's layout
+  /// \throws shape_error when src is not of rank 1 or 2; index_error on an id outside
+  ///   [0, V_src) or S > max_len.
+  Tensor<Scalar> embed_source(const Tensor<std::int64_t>& src) const {
+    return embed(src_embed, src, 0, "embed_source", "src");
+  }
+
+  /// The decoder's input for target positions first_position .. first_position + L - 1.
+  /// \param tgt [L, B] token ids (layout as embed_source) \returns [L, B, E]
+  /// \throws as embed_source (ids in [0, V); first_position + L <= max_len).
+  Tensor<Scalar> embed_target(const Tensor<std::int64_t>& tgt, Index first_position = 0) const {
+    return embed(tgt_embed, tgt, first_position, "embed_target", "tgt");
+  }
+
   /// The encoder output (the decoder's memory).
   /// \param src [S, B] token ids ([B, S] when batch_first; [S] unbatched)
   /// \param args src_mask, src_key_padding_mask, src_is_causal are used
@@ -187,7 +204,7 @@ class TransformerSeq2Seq {
     }
     const Index T = ids.rank() == 1 || !bf ? ids.dim(0) : ids.dim(1);
     const Index B = ids.rank() == 1 ? 1 : (bf ? ids.dim(0) : ids.dim(1));
-    if (first + T > positions.max_len()) {
+    if (first < 0 || first > positions.max_len() - T) {  // no overflow of first + T
       throw index_error(who + ": " + arg + " positions [" + std::to_string(first) + ", " +
                         std::to_string(first + T) + ") exceed max_len " +
                         std::to_string(positions.max_len()));
