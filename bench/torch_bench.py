@@ -1,7 +1,7 @@
 #!/usr/bin/python3
 # SPDX-License-Identifier: MIT
 # PyTorch counterparts of attend-bench's shapes, written as Google Benchmark-shaped JSON.
-"""Times PyTorch on the shapes of bench/bench_attention.cpp, at 1 and 2 threads.
+"""Times PyTorch on the shapes of bench/bench_attention.cpp and bench_rnn.cpp, 1 and 2 threads.
 
 Run with Debian's interpreter (python3-torch 1.13), not a pyenv `python3`:
 
@@ -17,6 +17,8 @@ Benchmarks (float32, CPU, torch.no_grad()):
   Torch_MultiheadAttentionFastPath/L  the same module with batch_first=True, x [1, L, 512]:
                                       eval + no_grad + need_weights=False take torch's
                                       fused native path (_native_multi_head_attention)
+  Torch_LSTM                          nn.LSTM(256, 512, num_layers=2), eval, x [64, 16, 256]
+                                      (T, B, input), zero initial state  <-> BM_LSTM
 
 Threads: torch.set_num_threads(n) sets torch's OpenMP intra-op pool only. Debian's torch
 calls the system OpenBLAS (pthreads build) for matmul, and OpenBLAS's pool follows
@@ -51,6 +53,7 @@ MHA_LENGTHS = [128, 512, 1024, 2048]
 GEMM_N = 2048
 SDPA_B, SDPA_H, SDPA_D = 1, 8, 64
 MHA_E, MHA_H = 512, 8
+LSTM_IN, LSTM_N, LSTM_LAYERS, LSTM_T, LSTM_B = 256, 512, 2, 64, 16
 
 
 # ---- FLOP counts: the formulas of bench/bench_attention.cpp ----------------------------
@@ -68,6 +71,13 @@ def mha_flops(L):
     # Projections 2·L·E·3E + 2·L·E·E, attention 4·L·S·E with S = L (B = 1).
     E = MHA_E
     return 2.0 * L * E * 3 * E + 2.0 * L * E * E + 4.0 * L * L * E
+
+
+def lstm_flops():
+    # Per layer k: 2·T·B·4N·(in_k + N), the input projection of all steps and one recurrent
+    # product per step; in_0 = input size, in_k = N above. Gates and biases not counted.
+    return sum(2.0 * LSTM_T * LSTM_B * 4 * LSTM_N * ((LSTM_IN if k == 0 else LSTM_N) + LSTM_N)
+               for k in range(LSTM_LAYERS))
 
 
 # ---- the child: one thread count -------------------------------------------------------
@@ -142,6 +152,17 @@ def uses_native_mha(mha, x):
     return any("_native_multi_head_attention" in e.name for e in prof.function_events)
 
 
+def lstm_ops(lstm, x):
+    """How nn.LSTM ran: the calls of its matrix-product and fused-RNN ops in one forward."""
+    with torch.autograd.profiler.profile() as prof:
+        lstm(x)
+    counts = {}
+    for e in prof.function_events:
+        if e.name in ("aten::addmm", "aten::mm", "aten::matmul") or "rnn" in e.name:
+            counts[e.name] = counts.get(e.name, 0) + 1
+    return ", ".join(f"{n} x{c}" for n, c in sorted(counts.items())) or "none recorded"
+
+
 def worker(threads, min_time, repetitions, filt):
     global torch
     import torch  # after OPENBLAS_NUM_THREADS is in the environment (set by the parent)
@@ -193,6 +214,11 @@ def worker(threads, min_time, repetitions, filt):
                     return mha(x, x, x, need_weights=False)
 
                 run(f"{family}/{L}", f"BM_MultiheadAttention/{L}", mha_flops(L), fwd)
+
+        lstm = torch.nn.LSTM(LSTM_IN, LSTM_N, num_layers=LSTM_LAYERS).eval()
+        x = torch.rand(LSTM_T, LSTM_B, LSTM_IN) * 2 - 1  # [T, B, input]
+        info["Torch_LSTM_ops"] = lstm_ops(lstm, x)
+        run("Torch_LSTM", "BM_LSTM", lstm_flops(), lambda lstm=lstm, x=x: lstm(x))
     json.dump(dict(info=info, benchmarks=results), sys.stdout)
 
 

@@ -49,6 +49,12 @@
 #include "attend/transformer/encoder_layer.hpp"
 #include "attend/transformer/encoder.hpp"
 #include "attend/transformer/transformer.hpp"
+#include "attend/transformer/state_dict_writer.hpp"
+#include "attend/transformer/seq2seq.hpp"
+
+#include "attend/train/gradcheck.hpp"
+#include "attend/train/loss.hpp"
+#include "attend/train/parameters.hpp"
 
 #include "attend/text/tokenizer.hpp"
 #include "attend/text/vocabulary.hpp"

@@ -224,4 +224,89 @@ AttentionResult<S> scaled_dot_product_attention(const Tensor<S>& query, const Te
   return result;
 }
 
+// ---- training: forward with a cache, and backward (reference path) ----------------------
+
+/// What scaled_dot_product_attention_backward needs from the forward (llm.c caches att).
+template <typename Scalar>
+struct AttentionCache {
+  Matrix<Scalar> weights;  // [L, S] softmax(scale q k^T + mask): 0 where masked
+  double scale = 0.0;      // the scale the forward used
+};
+
+/// Input gradients of scaled dot-product attention.
+template <typename Scalar>
+struct AttentionGrads {
+  Matrix<Scalar> dq;  // [L, d_k]
+  Matrix<Scalar> dk;  // [S, d_k]
+  Matrix<Scalar> dv;  // [S, d_v]
+};
+
+/// scaled_dot_product_attention (matrix form) that also fills a cache for the backward.
+/// \param q [L, d_k] \param k [S, d_k] \param v [S, d_v] \param mask, scale as there
+/// \param cache if not null, receives the weights [L, S] and the scale used
+/// \returns [L, d_v]
+/// \throws as scaled_dot_product_attention (its messages name it).
+/// \sa scaled_dot_product_attention_backward
+template <typename DQ, typename DK, typename DV>
+Matrix<typename DQ::Scalar> scaled_dot_product_attention_forward(
+    const Eigen::MatrixBase<DQ>& q, const Eigen::MatrixBase<DK>& k, const Eigen::MatrixBase<DV>& v,
+    const Mask& mask = Mask(), std::optional<double> scale = std::nullopt,
+    AttentionCache<typename DQ::Scalar>* cache = nullptr) {
+  Matrix<typename DQ::Scalar> out =
+      scaled_dot_product_attention(q, k, v, mask, scale, cache ? &cache->weights : nullptr);
+  if (cache) cache->scale = detail::attention_scale(scale, q.cols(), "scaled_dot_product_attention");
+  return out;
+}
+
+/// Gradient of `out = softmax(scale q k^T + mask) v` with respect to q, k and v:
+/// `dv = W^T d_out`, `dW = d_out v^T`, `dZ = W * (dW - rowsum(W * dW))`,
+/// `dq = scale dZ k`, `dk = scale dZ^T q`, with W the cached weights.
+/// Masked (query, key) pairs have W = 0 and so pass no gradient; a fully masked query row
+/// gets a zero dq and adds nothing to dk and dv. An additive mask is a constant.
+/// \param q [L, d_k] \param k [S, d_k] \param v [S, d_v] the forward's inputs
+/// \param cache the forward's weights [L, S] and scale \param d_out [L, d_v] upstream
+/// \returns dq [L, d_k], dk [S, d_k], dv [S, d_v] (assigned)
+/// \throws shape_error when the shapes disagree with each other or with the cache.
+/// \note Vaswani et al. 2017 eq. 1 differentiated; llm.c attention_backward.
+template <typename DQ, typename DK, typename DV, typename DD>
+AttentionGrads<typename DQ::Scalar> scaled_dot_product_attention_backward(
+    const Eigen::MatrixBase<DQ>& q, const Eigen::MatrixBase<DK>& k, const Eigen::MatrixBase<DV>& v,
+    const AttentionCache<typename DQ::Scalar>& cache, const Eigen::MatrixBase<DD>& d_out) {
+  using S = typename DQ::Scalar;
+  static_assert(is_supported_scalar_v<S>,
+                "attend::scaled_dot_product_attention_backward: Scalar must be float or double");
+  const std::string who = "scaled_dot_product_attention_backward";
+  const Index L = q.rows(), Sk = k.rows();
+  if (k.cols() != q.cols()) {
+    throw shape_error(who + ": key is " + detail::matrix_shape(k) + ", expected [S, " +
+                      std::to_string(q.cols()) + "] (d_k of query)");
+  }
+  if (v.rows() != Sk) {
+    throw shape_error(who + ": value is " + detail::matrix_shape(v) + ", expected [" +
+                      std::to_string(Sk) + ", d_v] (S of key)");
+  }
+  if (cache.weights.rows() != L || cache.weights.cols() != Sk) {
+    throw shape_error(who + ": cache.weights is " + detail::matrix_shape(cache.weights) +
+                      ", expected " + detail::shape_string({L, Sk}) + " ([L, S] of query and key)");
+  }
+  if (d_out.rows() != L || d_out.cols() != v.cols()) {
+    throw shape_error(who + ": d_out is " + detail::matrix_shape(d_out) + ", expected " +
+                      detail::shape_string({L, v.cols()}) + " ([L, d_v])");
+  }
+  const Matrix<S>& w = cache.weights;  // [L, S]
+  const S scale = static_cast<S>(cache.scale);
+  AttentionGrads<S> g;
+  // forward: out = W v
+  g.dv.noalias() = w.transpose() * d_out;           // [S, d_v]
+  Matrix<S> dw(L, Sk);                              // [L, S]
+  dw.noalias() = d_out * v.transpose();
+  // forward: W = softmax(Z) row-wise (masked entries 0, fully masked rows all 0)
+  Matrix<S> dz = softmax_backward(w, dw);  // [L, S]; zero wherever W is zero
+  // forward: Z = scale q k^T + mask
+  dz *= scale;
+  g.dq.noalias() = dz * k;              // [L, d_k]
+  g.dk.noalias() = dz.transpose() * q;  // [S, d_k]
+  return g;
+}
+
 }  // namespace attend

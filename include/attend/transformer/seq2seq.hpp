@@ -59,8 +59,9 @@ struct TransformerSeq2SeqOptions {
 ///
 /// Token ids come as `[L, B]` (`[B, L]` when batch_first; `[L]` unbatched), the layout of
 /// the layers' `[L, B, E]` inputs; logits are `[L, B, V]` in the same layout.
-/// \note Vaswani et al. 2017, sections 3.4 (shared sqrt(d_model) scaling, here without
-///       weight tying) and 3.5; evaluation mode (no dropout).
+/// \note Vaswani et al. 2017, sections 3.4 (embeddings times sqrt(d_model); the paper also
+///       ties the embedding and output weights, which is not done here) and 3.5; evaluation
+///       mode (no dropout).
 /// \sa Transformer, TransformerSeq2SeqDecoder, greedy_decode
 template <typename Scalar>
 class TransformerSeq2Seq {
