@@ -12,7 +12,8 @@
 // The weights are seeded random (no training here): the tokens are arbitrary (untrained
 // models fall into loops) but reproducible. The timings vary from run to run, so this
 // example has no .expected file.
-#include "attend/attend.hpp"
+#include "attend/rnn/decoding.hpp"
+#include "attend/transformer/seq2seq.hpp"
 
 #include <chrono>
 #include <cstdint>

@@ -346,7 +346,7 @@ void embedding_rows(Table& t) {
   t.value("LearnedPositionalEmbedding with max_len 0", {"LearnedPositionalEmbedding", "max_len is 0"},
           [] { LearnedPositionalEmbedding<S>(0, 4); });
   t.index("LearnedPositionalEmbedding::forward with a negative L",
-          {"LearnedPositionalEmbedding::forward", "max_len"},
+          {"LearnedPositionalEmbedding::forward", "L is -1"},
           [] { LearnedPositionalEmbedding<S>(8, 4).forward(-1); });
   t.index("LearnedPositionalEmbedding::forward past max_len",
           {"LearnedPositionalEmbedding::forward", "[6, 10)"},
@@ -583,7 +583,7 @@ void multihead_rows(Table& t) {
     MultiheadAttentionOptions o = mha_options();
     o.position = PositionKind::rotary;
     MultiheadAttentionArgs a;
-    a.query_position = a.key_position = index_max - 2;  // rows at index_max - 2 .. index_max
+    a.query_position = a.key_position = index_max;  // row r at index_max + r: no overflow
     CHECK(all_finite(MultiheadAttention<S>(o).forward(randn<S>({3, 2, 8}), a).output));
   });
   t.ok("MultiheadAttention::forward with no queries", [] {
@@ -1150,11 +1150,13 @@ void check_row(const Row& r) {
 TEMPLATE_TEST_CASE("bad input: every public entry point rejects bad arguments by name",
                    "[bad_input]", float, double) {
   const Table t = table<TestType>();
-  std::set<std::string> names;
-  for (const Row& r : t.rows) {
-    INFO(r.what);
-    CHECK(names.insert(r.what).second);  // section names must be unique
-    CHECK((r.want == Want::ok || r.want == Want::nan_passes || !r.needles.empty()));
+  SECTION("the table: unique names, words to look for in every error row") {
+    std::set<std::string> names;
+    for (const Row& r : t.rows) {
+      INFO(r.what);
+      CHECK(names.insert(r.what).second);
+      CHECK((r.want == Want::ok || r.want == Want::nan_passes || !r.needles.empty()));
+    }
   }
   for (const Row& r : t.rows) {
     DYNAMIC_SECTION(r.what) { check_row(r); }

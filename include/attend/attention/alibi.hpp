@@ -64,7 +64,9 @@ inline Mask alibi_mask(Index num_heads, Index L, Index S, bool causal = true, In
   for (Index h = 0; h < num_heads; ++h) {
     for (Index i = 0; i < L; ++i) {
       for (Index j = 0; j < S; ++j) {
-        const double distance = static_cast<double>(i + offset - j);
+        // In double: i + offset may not fit an Index (exact below 2^53).
+        const double distance =
+            static_cast<double>(i) + static_cast<double>(offset) - static_cast<double>(j);
         bias(Index(0), h, i, j) = causal && distance < 0
                                       ? -std::numeric_limits<double>::infinity()
                                       : -m[static_cast<std::size_t>(h)] * std::abs(distance);

@@ -53,11 +53,21 @@ class LearnedPositionalEmbedding {
 
   /// Positions first_position .. first_position + L - 1.
   /// \returns [L, d_model]
-  /// \throws index_error when a position falls outside [0, max_len).
+  /// \throws index_error when L or first_position is negative, or a position falls outside
+  ///   [0, max_len).
   Matrix<Scalar> forward(Index L, Index first_position = 0) const {
-    if (L < 0 || first_position < 0 || first_position + L > max_len()) {
+    if (L < 0 || first_position < 0) {
+      throw index_error("LearnedPositionalEmbedding::forward: L is " + std::to_string(L) +
+                        " and first_position is " + std::to_string(first_position) +
+                        ", expected both >= 0");
+    }
+    // first_position > max_len - L, not first_position + L > max_len: the sum may overflow,
+    // so the message prints it as an unsigned sum.
+    if (first_position > max_len() - L) {
       throw index_error("LearnedPositionalEmbedding::forward: positions [" +
-                        std::to_string(first_position) + ", " + std::to_string(first_position + L) +
+                        std::to_string(first_position) + ", " +
+                        std::to_string(static_cast<unsigned long long>(first_position) +
+                                       static_cast<unsigned long long>(L)) +
                         ") are outside [0, " + std::to_string(max_len()) + ") (max_len)");
     }
     return weight.middleRows(first_position, L);

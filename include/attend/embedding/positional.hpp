@@ -52,7 +52,8 @@ Matrix<Scalar> sinusoidal_positional_encoding(Index max_len, Index d_model,
   const Index n_cos = d_model / 2;        // floor(d/2) cosine columns
   Matrix<Scalar> pe(max_len, d_model);
   for (Index r = 0; r < max_len; ++r) {
-    const double p = static_cast<double>(first_position + r);
+    // Summed in double: first_position + r may not fit an Index (exact below 2^53).
+    const double p = static_cast<double>(first_position) + static_cast<double>(r);
     for (Index i = 0; i < n_sin; ++i) {
       const double angle =
           p / std::pow(base, static_cast<double>(2 * i) / static_cast<double>(d_model));
@@ -95,9 +96,14 @@ class SinusoidalPositionalEncoding {
                         ", expected [L, " + std::to_string(d_model()) + "]");
     }
     if (offset < 0 || offset > max_len() - x.rows()) {  // no overflow of offset + L
+      // offset + L overflows only when offset >= 0: printed as an unsigned sum then.
+      const std::string end =
+          offset < 0 ? std::to_string(offset + x.rows())
+                     : std::to_string(static_cast<unsigned long long>(offset) +
+                                      static_cast<unsigned long long>(x.rows()));
       throw index_error("SinusoidalPositionalEncoding::forward: positions [" +
-                        std::to_string(offset) + ", " + std::to_string(offset + x.rows()) +
-                        ") exceed max_len " + std::to_string(max_len()));
+                        std::to_string(offset) + ", " + end + ") exceed max_len " +
+                        std::to_string(max_len()));
     }
     return x + table_.middleRows(offset, x.rows());
   }

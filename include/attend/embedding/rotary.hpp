@@ -29,7 +29,8 @@ void rotate_pairs(MatrixRef<S> x, Index first_position, RotaryLayout layout, dou
                   double sign) {
   const Index d = x.cols(), half = d / 2;
   for (Index r = 0; r < x.rows(); ++r) {
-    const double p = static_cast<double>(first_position + r);
+    // Summed in double: first_position + r may not fit an Index (exact below 2^53).
+    const double p = static_cast<double>(first_position) + static_cast<double>(r);
     for (Index i = 0; i < half; ++i) {
       // Angles in double: p * theta reaches thousands of radians for long sequences.
       const double angle = sign * p * std::pow(base, -2.0 * static_cast<double>(i) / d);
