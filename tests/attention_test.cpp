@@ -1084,7 +1084,10 @@ TEMPLATE_TEST_CASE("multihead.hpp: is_causal, need_weights and weight shapes",
   no_weights.need_weights = false;
   const auto c = mha.forward(x, no_weights);
   CHECK(c.attn_weights.size() == 0);
-  require_close(c.output, a.output, 0.0);
+  // need_weights = false runs the fused kernel (online softmax, another summation order):
+  // equal to rounding, a few ulps of the O(1) outputs.
+  constexpr double fused_vs_reference = std::is_same_v<S, float> ? 1e-6 : 1e-14;
+  require_close(c.output, a.output, fused_vs_reference);
 }
 
 TEMPLATE_TEST_CASE("multihead.hpp: fully masked rows give zero weights and a zero attention",

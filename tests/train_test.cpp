@@ -149,8 +149,8 @@ struct TinyModel {
     Matrix<S> h;
     (void)forward(ids, &ln, &h);
     const Matrix<S> dh = fc.backward(h, dy, d_fc.d_weight, d_fc.d_bias);
-    const Matrix<S> de = attend::layer_norm_backward(ln, norm.weight, dh, &d_norm.d_weight,
-                                                     &d_norm.d_bias);
+    const Matrix<S> de =
+        attend::layer_norm_backward(ln, norm.weight, dh, &d_norm.d_weight, &d_norm.d_bias);
     embed.backward(ids, de, d_embed.d_weight);
   }
 };
@@ -198,8 +198,7 @@ TEST_CASE("gradcheck.hpp: the 4-point stencil is exact for quartics where 2-poin
   REQUIRE(std::abs(four - 4.0) < 1e-12);
 }
 
-TEST_CASE("gradcheck.hpp: relative error, worst element and a wrong gradient",
-          "[train][grad]") {
+TEST_CASE("gradcheck.hpp: relative error, worst element and a wrong gradient", "[train][grad]") {
   // ||a - b|| / ||a + b|| with a = [1, 2], b = [1, 4]: ||[0, -2]|| / ||[2, 6]|| = 2 / sqrt(40).
   REQUIRE(attend::relative_error(vec<double>({1, 2}), vec<double>({1, 4})) ==
           Approx(2.0 / std::sqrt(40.0)).epsilon(1e-14));
@@ -238,7 +237,8 @@ TEST_CASE("gradcheck.hpp: works through maps and blocks", "[train][grad]") {
   const auto f = [&] { return storage.array().sin().sum(); };  // gradient cos(x)
   const Vector<double> want = storage.array().cos();
   // An rvalue map over part of the storage: only those elements are perturbed.
-  const Matrix<double> g = attend::numerical_gradient(Eigen::Map<Vector<double>>(storage.data(), 2), f);
+  const Matrix<double> g =
+      attend::numerical_gradient(Eigen::Map<Vector<double>>(storage.data(), 2), f);
   require_close(g, want.head(2), 1e-9);
   require_gradient(storage.segment(2, 2), want.tail(2), f);
 }
@@ -412,9 +412,11 @@ TEMPLATE_TEST_CASE("parameters.hpp: duplicate names, bad gradient shapes, unknow
   REQUIRE_THROWS_AS(params("b", b, db), attend::shape_error);
   REQUIRE_THROWS_WITH(params("b", b, db), "ParameterList: grad of 'b' is [3], expected [2]");
   Matrix<S> bad = Matrix<S>::Zero(3, 2);
-  REQUIRE_THROWS_WITH(params("w2", w, bad), "ParameterList: grad of 'w2' is [3, 2], expected [2, 3]");
+  REQUIRE_THROWS_WITH(params("w2", w, bad),
+                      "ParameterList: grad of 'w2' is [3, 2], expected [2, 3]");
   Tensor<S> t({2, 2, 2}), dt({2, 4});
-  REQUIRE_THROWS_WITH(params("t", t, dt), "ParameterList: grad of 't' is [2, 4], expected [2, 2, 2]");
+  REQUIRE_THROWS_WITH(params("t", t, dt),
+                      "ParameterList: grad of 't' is [2, 4], expected [2, 2, 2]");
   REQUIRE_THROWS_AS(params.at("x"), attend::index_error);
   REQUIRE_THROWS_WITH(params.at("x"), "ParameterList::at: no parameter named 'x'");
   REQUIRE(params.size() == 1);  // failed registrations left nothing behind
@@ -448,8 +450,7 @@ TEMPLATE_TEST_CASE("embedding.hpp: backward by hand; repeated ids add up; paddin
   require_close(ds, mat<S>(4, 2, {0, 0, 6 * r2, 8 * r2, 0, 0, 3 * r2, 4 * r2}), kHandTol<S>);
 }
 
-TEST_CASE("embedding.hpp: backward matches central differences, scaled and not",
-          "[train][grad]") {
+TEST_CASE("embedding.hpp: backward matches central differences, scaled and not", "[train][grad]") {
   for (const bool scaled : {false, true}) {
     attend::Embedding<double> emb(6, 4, std::nullopt, 2);
     emb.scale_by_sqrt_d = scaled;
@@ -499,8 +500,7 @@ TEMPLATE_TEST_CASE("loss.hpp: cross-entropy by hand, with ignore_index and label
   // Smoothing 0.1: sum_c -log p[c] = 3 (3 + a) - (1 + 2 + 3) = 3 + 3a, so
   // loss = 0.9 a + (0.1 / 3)(3 + 3a) = a + 0.1 = 0.5076059644 (torch gives 0.5076).
   opt.label_smoothing = 0.1;
-  REQUIRE(attend::cross_entropy_forward(x, {2, -100}, opt) ==
-          Approx(a + 0.1).epsilon(kHandTol<S>));
+  REQUIRE(attend::cross_entropy_forward(x, {2, -100}, opt) == Approx(a + 0.1).epsilon(kHandTol<S>));
   // Sum over both rows, row 1 target 1, smoothing 0.2: row 1 has -log p = log 3 for every
   // class. loss = 0.8 (a + log 3) + (0.2 / 3)(3 + 3a + 3 log 3) = a + log 3 + 0.2
   //             = 0.4076059644 + 1.0986122887 + 0.2 = 1.7062182531 (torch: 1.7062).
@@ -665,8 +665,8 @@ void require_parity(const Vector<double>& got, const double* want, const std::st
   }
   std::ostringstream msg;
   msg.precision(17);
-  msg << what << ": worst error " << worst << " of the tolerance at " << at << " (got "
-      << got(at) << ", torch " << want[at] << ")";
+  msg << what << ": worst error " << worst << " of the tolerance at " << at << " (got " << got(at)
+      << ", torch " << want[at] << ")";
   INFO(msg.str());
   REQUIRE(worst <= 1.0);
 }
@@ -686,8 +686,8 @@ void require_trace(Opt& opt, const double (&want_f32)[ref::kSteps][ref::kNumel],
 
 }  // namespace
 
-TEMPLATE_TEST_CASE("optim.hpp: SGD, Adam and AdamW steps equal PyTorch's", "[train][optim]",
-                   float, double) {
+TEMPLATE_TEST_CASE("optim.hpp: SGD, Adam and AdamW steps equal PyTorch's", "[train][optim]", float,
+                   double) {
   using S = TestType;
   {
     attend::SGDOptions o;
@@ -923,8 +923,7 @@ TEMPLATE_TEST_CASE("loss.hpp: cross-entropy loss and gradient equal PyTorch's", 
        ref::k_ce_mean_smooth_f64_loss, ref::k_ce_mean_smooth_f32_grad,
        ref::k_ce_mean_smooth_f64_grad},
       {"ce_sum_smooth", attend::Reduction::sum, 0.25, ref::k_ce_sum_smooth_f32_loss,
-       ref::k_ce_sum_smooth_f64_loss, ref::k_ce_sum_smooth_f32_grad,
-       ref::k_ce_sum_smooth_f64_grad},
+       ref::k_ce_sum_smooth_f64_loss, ref::k_ce_sum_smooth_f32_grad, ref::k_ce_sum_smooth_f64_grad},
   };
   for (const Case& c : cases) {
     attend::CrossEntropyOptions opt;
@@ -951,8 +950,8 @@ TEMPLATE_TEST_CASE("scaled_dot_product.hpp: backward of a 1-query, 2-key example
   // q = [1], k = [0; 0]: equal scores, W = [0.5, 0.5]; v = [1; 3]: out = 2.
   const Matrix<S> q = mat<S>(1, 1, {1}), k = mat<S>(2, 1, {0, 0}), v = mat<S>(2, 1, {1, 3});
   attend::AttentionCache<S> cache;
-  const Matrix<S> out = attend::scaled_dot_product_attention_forward(q, k, v, attend::Mask(),
-                                                                     std::nullopt, &cache);
+  const Matrix<S> out =
+      attend::scaled_dot_product_attention_forward(q, k, v, attend::Mask(), std::nullopt, &cache);
   REQUIRE(out(0, 0) == S(2));
   REQUIRE(cache.scale == 1.0);  // 1 / sqrt(d_k = 1)
   const attend::AttentionGrads<S> g =
@@ -1037,8 +1036,8 @@ TEMPLATE_TEST_CASE("scaled_dot_product.hpp: backward in float agrees with double
   require_close(got.dv, want.dv, tol);
 }
 
-TEMPLATE_TEST_CASE("scaled_dot_product.hpp: backward rejects inconsistent shapes",
-                   "[train][error]", float, double) {
+TEMPLATE_TEST_CASE("scaled_dot_product.hpp: backward rejects inconsistent shapes", "[train][error]",
+                   float, double) {
   using S = TestType;
   const Matrix<S> q = Matrix<S>::Zero(2, 3), k = Matrix<S>::Zero(4, 3), v = Matrix<S>::Zero(4, 5);
   attend::AttentionCache<S> cache;
@@ -1212,26 +1211,28 @@ TEMPLATE_TEST_CASE("checkpoint.hpp: parameters round-trip bit for bit, by PyTorc
   attend::Adam<S> opt(classifier_adam());
   (void)train(trained, opt, 10);
   const attend::ParameterList<S> params = attend::collect_parameters<S>(trained);
-  const std::string path = std::string("train_params_") + (std::is_same_v<S, float> ? "f32" : "f64") +
-                           ".safetensors";
+  const std::string path =
+      std::string("train_params_") + (std::is_same_v<S, float> ? "f32" : "f64") + ".safetensors";
   attend::save_parameters(path, params);
   const attend::SafeTensors st = attend::SafeTensors::load(path);
   std::remove(path.c_str());
   // A PyTorch state dict: nn.Sequential-like names, PyTorch shapes, the model's dtype.
-  REQUIRE(st.names() == std::vector<std::string>{"fc1.bias", "fc1.weight", "fc2.bias",
-                                                 "fc2.weight"});
+  REQUIRE(st.names() ==
+          std::vector<std::string>{"fc1.bias", "fc1.weight", "fc2.bias", "fc2.weight"});
   REQUIRE(st.shape("fc1.weight") == attend::Shape{16, 2});
   REQUIRE(st.shape("fc2.bias") == attend::Shape{3});
-  REQUIRE(st.dtype("fc1.weight") == (std::is_same_v<S, float> ? attend::DType::F32
-                                                               : attend::DType::F64));
+  REQUIRE(st.dtype("fc1.weight") ==
+          (std::is_same_v<S, float> ? attend::DType::F32 : attend::DType::F64));
   Mlp<S> fresh(99);
   REQUIRE(flat_parameters(fresh) != flat_parameters(trained));
   attend::load_parameters(st, attend::collect_parameters<S>(fresh));
   REQUIRE(flat_parameters(fresh) == flat_parameters(trained));
 }
 
-TEMPLATE_TEST_CASE("checkpoint.hpp: resuming from saved parameters and optimizer state equals "
-                   "training on", "[train][checkpoint]", float, double) {
+TEMPLATE_TEST_CASE(
+    "checkpoint.hpp: resuming from saved parameters and optimizer state equals "
+    "training on",
+    "[train][checkpoint]", float, double) {
   using S = TestType;
   const auto resume = [](auto make_optimizer, const char* tag) {
     Mlp<S> model(7);

@@ -1299,3 +1299,24 @@ TEMPLATE_TEST_CASE("seq2seq.hpp: embeddings, positions and bad input", "[transfo
 }
 
 }  // namespace
+
+TEMPLATE_TEST_CASE("kv_cache.hpp: a rotary or ALiBi attention is refused, not decoded wrongly",
+                   "[transformer][error]", float, double) {
+  using S = TestType;
+  for (const attend::PositionKind kind :
+       {attend::PositionKind::rotary, attend::PositionKind::alibi}) {
+    attend::MultiheadAttentionOptions o;
+    o.embed_dim = 8;
+    o.num_heads = 2;
+    o.batch_first = true;
+    o.position = kind;
+    const attend::MultiheadAttention<S> mha(o, 1);
+    attend::KVCache<S> cache(1, 4, 8);
+    const attend::Tensor<S> x({1, 1, 8}, S(0.5));  // [B, T, E]
+    REQUIRE_THROWS_AS(attend::self_attention_step(mha, x, cache), attend::value_error);
+    REQUIRE_THROWS_WITH(attend::self_attention_step(mha, x, cache),
+                        "append_keys_values: the KV cache does not apply rotary or ALiBi "
+                        "positions yet; use a MultiheadAttention with position none");
+    CHECK(cache.size() == 0);  // nothing was appended
+  }
+}

@@ -131,6 +131,10 @@ template <typename S>
 void append_keys_values(const MultiheadAttention<S>& mha, const Tensor<S>& kv_input,
                         KVCache<S>& cache) {
   const std::string who = "append_keys_values";
+  if (mha.options.position != PositionKind::none) {
+    throw value_error(who + ": the KV cache does not apply rotary or ALiBi positions yet; "
+                            "use a MultiheadAttention with position none");
+  }
   const auto& o = mha.options;
   if (o.kdim != o.vdim) {
     throw shape_error(who + ": kdim " + std::to_string(o.kdim) + " differs from vdim " +
@@ -179,6 +183,10 @@ template <typename S>
 Tensor<S> attend_cached(const MultiheadAttention<S>& mha, const Tensor<S>& query,
                         const KVCache<S>& cache, const Mask& mask = Mask()) {
   const std::string who = "attend_cached";
+  if (mha.options.position != PositionKind::none) {
+    throw value_error(who + ": the KV cache does not apply rotary or ALiBi positions yet; "
+                            "use a MultiheadAttention with position none");
+  }
   const auto& o = mha.options;
   const Index E = o.embed_dim, H = o.num_heads, dh = mha.head_dim();
   const detail::StepDims d =

@@ -3,6 +3,7 @@
 #pragma once
 
 #include "attend/attention/alibi.hpp"
+#include "attend/attention/fused.hpp"
 #include "attend/attention/mask.hpp"
 #include "attend/attention/scaled_dot_product.hpp"
 #include "attend/core/errors.hpp"
@@ -288,7 +289,8 @@ class MultiheadAttention {
     }
     Mat q(L, E), k(S, E), v(S, E);  // [L, E], [S, E], [S, E] projections of one sequence
     Mat heads(L, E);                 // [L, E] concatenated head outputs
-    Mat w(L, S);                     // [L, S] one head's weights
+    Mat w(args.need_weights ? L : 0, args.need_weights ? S : 0);  // [L, S] one head's weights
+    FusedWorkspace<Scalar> fused_ws(dh, dh);  // the fused path's scratch, once per call
     Mat out(L, E);                   // [L, E]
     for (Index b = 0; b < B; ++b) {
       project(sequence(query, b), self ? nullptr : &key, self ? nullptr : &value, b, q, k, v);
@@ -301,10 +303,16 @@ class MultiheadAttention {
       Mat avg;
       if (args.need_weights && args.average_attn_weights) avg = Mat::Zero(L, S);
       for (Index h = 0; h < H; ++h) {
+        if (!args.need_weights) {  // the fast path: fused kernel, no [L, S] buffer
+          detail::attention_head_fused<Scalar>(q.middleCols(h * dh, dh), k.middleCols(h * dh, dh),
+                                               v.middleCols(h * dh, dh), mask, b, h, scale,
+                                               heads.middleCols(h * dh, dh), fused_ws);
+          continue;
+        }
         detail::attention_head_reference<Scalar>(q.middleCols(h * dh, dh), k.middleCols(h * dh, dh),
                                                  v.middleCols(h * dh, dh), mask, b, h, scale,
                                                  heads.middleCols(h * dh, dh), w);
-        if (args.need_weights) {
+        {
           if (args.average_attn_weights) {
             avg += w;
           } else {

@@ -254,7 +254,8 @@ Matrix<typename DQ::Scalar> scaled_dot_product_attention_forward(
     AttentionCache<typename DQ::Scalar>* cache = nullptr) {
   Matrix<typename DQ::Scalar> out =
       scaled_dot_product_attention(q, k, v, mask, scale, cache ? &cache->weights : nullptr);
-  if (cache) cache->scale = detail::attention_scale(scale, q.cols(), "scaled_dot_product_attention");
+  if (cache)
+    cache->scale = detail::attention_scale(scale, q.cols(), "scaled_dot_product_attention");
   return out;
 }
 
@@ -297,8 +298,8 @@ AttentionGrads<typename DQ::Scalar> scaled_dot_product_attention_backward(
   const S scale = static_cast<S>(cache.scale);
   AttentionGrads<S> g;
   // forward: out = W v
-  g.dv.noalias() = w.transpose() * d_out;           // [S, d_v]
-  Matrix<S> dw(L, Sk);                              // [L, S]
+  g.dv.noalias() = w.transpose() * d_out;  // [S, d_v]
+  Matrix<S> dw(L, Sk);                     // [L, S]
   dw.noalias() = d_out * v.transpose();
   // forward: W = softmax(Z) row-wise (masked entries 0, fully masked rows all 0)
   Matrix<S> dz = softmax_backward(w, dw);  // [L, S]; zero wherever W is zero

@@ -12,9 +12,9 @@
 #include "attend/train/optim.hpp"
 #include "attend/train/parameters.hpp"
 
-#include <nlohmann/json.hpp>
-
 #include <Eigen/Core>
+
+#include <nlohmann/json.hpp>
 
 #include <cstdint>
 #include <map>
@@ -102,17 +102,18 @@ inline const char* optimizer_name(const AdamOptions&) { return "Adam"; }
 inline const char* optimizer_name(const AdamWOptions&) { return "AdamW"; }
 
 inline nlohmann::json options_json(const SGDOptions& o) {
-  return {{"lr", o.lr},           {"momentum", o.momentum}, {"dampening", o.dampening},
-          {"weight_decay", o.weight_decay}, {"nesterov", o.nesterov}, {"maximize", o.maximize}};
+  return {{"lr", o.lr},
+          {"momentum", o.momentum},
+          {"dampening", o.dampening},
+          {"weight_decay", o.weight_decay},
+          {"nesterov", o.nesterov},
+          {"maximize", o.maximize}};
 }
 template <typename AdamLike>
 nlohmann::json options_json(const AdamLike& o) {
-  return {{"lr", o.lr},
-          {"betas", {o.beta1, o.beta2}},
-          {"eps", o.eps},
-          {"weight_decay", o.weight_decay},
-          {"amsgrad", o.amsgrad},
-          {"maximize", o.maximize}};
+  return {{"lr", o.lr},           {"betas", {o.beta1, o.beta2}},
+          {"eps", o.eps},         {"weight_decay", o.weight_decay},
+          {"amsgrad", o.amsgrad}, {"maximize", o.maximize}};
 }
 
 /// Reads `g[key]` into `out` with the type of `out`; format_error when absent or mistyped.

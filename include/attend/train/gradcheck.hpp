@@ -35,14 +35,14 @@ struct GradCheckOptions {
 
 /// The outcome of comparing an analytic gradient with a numerical one.
 struct GradCheckResult {
-  double error = 0.0;          ///< ||analytic - numeric|| / ||analytic + numeric|| (0 if both 0)
-  double max_abs_diff = 0.0;   ///< max |analytic - numeric| over checked elements
-  Index worst_row = -1;  ///< where max_abs_diff occurs (-1 when every element was skipped)
+  double error = 0.0;         ///< ||analytic - numeric|| / ||analytic + numeric|| (0 if both 0)
+  double max_abs_diff = 0.0;  ///< max |analytic - numeric| over checked elements
+  Index worst_row = -1;       ///< where max_abs_diff occurs (-1 when every element was skipped)
   Index worst_col = -1;
   double worst_analytic = 0.0;  ///< the two values at the worst element
   double worst_numeric = 0.0;
-  Index skipped = 0;        ///< elements left out as kinks
-  Matrix<double> numeric;   ///< [rows, cols] the numerical gradient (NaN where skipped)
+  Index skipped = 0;       ///< elements left out as kinks
+  Matrix<double> numeric;  ///< [rows, cols] the numerical gradient (NaN where skipped)
 
   /// "error 3.1e-11, max |a - n| 2e-10 at [1, 2] (analytic 0.5, numeric 0.5000000002),
   /// 0 skipped": for test messages.
@@ -50,8 +50,8 @@ struct GradCheckResult {
     std::ostringstream out;
     out.precision(10);
     out << "error " << error << ", max |a - n| " << max_abs_diff << " at [" << worst_row << ", "
-        << worst_col << "] (analytic " << worst_analytic << ", numeric " << worst_numeric
-        << "), " << skipped << " skipped";
+        << worst_col << "] (analytic " << worst_analytic << ", numeric " << worst_numeric << "), "
+        << skipped << " skipped";
     return out.str();
   }
 };
@@ -167,14 +167,14 @@ GradCheckResult gradcheck(X&& x, const Eigen::MatrixBase<DA>& analytic, F&& f,
                           const GradCheckOptions& options = {}) {
   detail::check_gradcheck_input(x, options, "gradcheck");
   if (analytic.rows() != x.rows() || analytic.cols() != x.cols()) {
-    throw shape_error("gradcheck: analytic is " + detail::matrix_shape(analytic) +
-                      ", expected " + detail::matrix_shape(x) + " (the shape of x)");
+    throw shape_error("gradcheck: analytic is " + detail::matrix_shape(analytic) + ", expected " +
+                      detail::matrix_shape(x) + " (the shape of x)");
   }
   GradCheckResult r;
   BoolMatrix skip;
   r.numeric = detail::finite_differences(x, f, options, skip);
   Matrix<double> a = analytic.template cast<double>();  // [R, C]
-  Matrix<double> n = r.numeric;                          // [R, C], skipped entries zeroed
+  Matrix<double> n = r.numeric;                         // [R, C], skipped entries zeroed
   for (Index i = 0; i < a.rows(); ++i) {
     for (Index j = 0; j < a.cols(); ++j) {
       if (skip(i, j)) {

@@ -92,8 +92,7 @@ typename Derived::Scalar cross_entropy_forward(
     if (t != options.ignore_index && (t < 0 || t >= C)) {
       throw index_error("cross_entropy_forward: target " + std::to_string(t) + " at position " +
                         std::to_string(i) + " is out of range [0, " + std::to_string(C) +
-                        ") and is not ignore_index (" + std::to_string(options.ignore_index) +
-                        ")");
+                        ") and is not ignore_index (" + std::to_string(options.ignore_index) + ")");
     }
   }
   detail::check_logits(logits, "cross_entropy_forward", "logits");
@@ -127,8 +126,7 @@ typename Derived::Scalar cross_entropy_forward(
 /// \param cache from the forward \param d_loss upstream gradient of the scalar loss
 /// \returns [N, C] dx (assigned)
 template <typename Scalar>
-Matrix<Scalar> cross_entropy_backward(const CrossEntropyCache<Scalar>& cache,
-                                      double d_loss = 1.0) {
+Matrix<Scalar> cross_entropy_backward(const CrossEntropyCache<Scalar>& cache, double d_loss = 1.0) {
   const Index N = cache.probs.rows(), C = cache.probs.cols();
   const double eps = cache.label_smoothing;
   const Scalar coef = static_cast<Scalar>(d_loss * cache.scale);
@@ -161,7 +159,8 @@ typename DI::Scalar mse_loss_forward(const Eigen::MatrixBase<DI>& input,
                                      const Eigen::MatrixBase<DT>& target,
                                      Reduction reduction = Reduction::mean) {
   using S = typename DI::Scalar;
-  static_assert(is_supported_scalar_v<S>, "attend::mse_loss_forward: Scalar must be float or double");
+  static_assert(is_supported_scalar_v<S>,
+                "attend::mse_loss_forward: Scalar must be float or double");
   if (target.rows() != input.rows() || target.cols() != input.cols()) {
     throw shape_error("mse_loss_forward: target is " + detail::matrix_shape(target) +
                       ", expected " + detail::matrix_shape(input) + " (the shape of input)");

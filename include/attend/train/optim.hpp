@@ -53,8 +53,7 @@ inline std::string optim_number(double v) {
 }
 
 /// Throws value_error "<who>: <what> is <v>, expected <want>" unless ok.
-inline void require_option(bool ok, const char* who, const char* what, double v,
-                           const char* want) {
+inline void require_option(bool ok, const char* who, const char* what, double v, const char* want) {
   if (!ok) {
     throw value_error(std::string(who) + ": " + what + " is " + optim_number(v) + ", expected " +
                       want);
@@ -69,8 +68,8 @@ State& optimizer_state(std::map<std::string, State>& states, const ParameterRef<
   State& s = states[p.name()];
   const Index n = state_size(s);
   if (n >= 0 && n != p.size()) {
-    throw shape_error(std::string(who) + ": state of '" + p.name() + "' has " +
-                      std::to_string(n) + " elements, expected " + std::to_string(p.size()) +
+    throw shape_error(std::string(who) + ": state of '" + p.name() + "' has " + std::to_string(n) +
+                      " elements, expected " + std::to_string(p.size()) +
                       " (the parameter's size)");
   }
   return s;
@@ -134,8 +133,10 @@ class SGD {
           s.momentum_buffer *= momentum;  // buf.mul_(momentum).add_(d_p, alpha=1 - dampening)
           s.momentum_buffer += keep_new * d;
         }
-        if (o.nesterov) d += momentum * s.momentum_buffer;
-        else d = s.momentum_buffer;
+        if (o.nesterov)
+          d += momentum * s.momentum_buffer;
+        else
+          d = s.momentum_buffer;
       }
       value += neg_lr * d;  // param.add_(d_p, alpha=-lr)
     }
@@ -197,8 +198,9 @@ void validate_adam(const Options& o, const char* who) {
 
 /// One Adam (decoupled = false) or AdamW (true) update, in torch's operation order.
 template <typename Scalar, typename Options>
-void adam_step(const ParameterList<Scalar>& params, std::map<std::string, AdamState<Scalar>>& states,
-               const Options& o, bool decoupled, const char* who) {
+void adam_step(const ParameterList<Scalar>& params,
+               std::map<std::string, AdamState<Scalar>>& states, const Options& o, bool decoupled,
+               const char* who) {
   using S = Scalar;
   const S beta1 = static_cast<S>(o.beta1), beta2 = static_cast<S>(o.beta2);
   const S one_minus_beta1 = static_cast<S>(1.0 - o.beta1);
@@ -324,8 +326,8 @@ class AdamW {
 /// \note torch.nn.utils.clip_grad_norm_ (the 1e-6 is its constant); norms are computed in
 ///   double.
 template <typename Scalar>
-double clip_grad_norm_(const ParameterList<Scalar>& params, double max_norm,
-                       double norm_type = 2.0, bool error_if_nonfinite = false) {
+double clip_grad_norm_(const ParameterList<Scalar>& params, double max_norm, double norm_type = 2.0,
+                       bool error_if_nonfinite = false) {
   detail::require_option(max_norm >= 0.0, "clip_grad_norm_", "max_norm", max_norm, ">= 0");
   detail::require_option(norm_type > 0.0, "clip_grad_norm_", "norm_type", norm_type,
                          "> 0 or infinity");
@@ -364,13 +366,13 @@ double clip_grad_norm_(const ParameterList<Scalar>& params, double max_norm,
 inline double warmup_inverse_sqrt_lr(std::int64_t step, std::int64_t d_model,
                                      std::int64_t warmup_steps = 4000, double factor = 1.0) {
   if (step < 1 || d_model < 1 || warmup_steps < 1) {
-    throw value_error("warmup_inverse_sqrt_lr: step is " + std::to_string(step) +
-                      ", d_model " + std::to_string(d_model) + " and warmup_steps " +
+    throw value_error("warmup_inverse_sqrt_lr: step is " + std::to_string(step) + ", d_model " +
+                      std::to_string(d_model) + " and warmup_steps " +
                       std::to_string(warmup_steps) + ", expected all >= 1");
   }
   const double s = static_cast<double>(step), w = static_cast<double>(warmup_steps);
-  return factor / std::sqrt(static_cast<double>(d_model)) * std::min(1.0 / std::sqrt(s),
-                                                                       s / (w * std::sqrt(w)));
+  return factor / std::sqrt(static_cast<double>(d_model)) *
+         std::min(1.0 / std::sqrt(s), s / (w * std::sqrt(w)));
 }
 
 }  // namespace attend

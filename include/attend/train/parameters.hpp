@@ -142,12 +142,11 @@ class ParameterList {
     if (grad.size() == 0 && value.size() != 0) grad = Plain::Zero(value.rows(), value.cols());
     if (grad.rows() != value.rows() || grad.cols() != value.cols()) {
       const bool is_vector = Plain::ColsAtCompileTime == 1;
-      throw shape_error("ParameterList: grad of '" + name + "' is " +
-                        (is_vector ? detail::shape_string({grad.size()})
-                                   : detail::matrix_shape(grad)) +
-                        ", expected " +
-                        (is_vector ? detail::shape_string({value.size()})
-                                   : detail::matrix_shape(value)));
+      throw shape_error(
+          "ParameterList: grad of '" + name + "' is " +
+          (is_vector ? detail::shape_string({grad.size()}) : detail::matrix_shape(grad)) +
+          ", expected " +
+          (is_vector ? detail::shape_string({value.size()}) : detail::matrix_shape(value)));
     }
   }
 
