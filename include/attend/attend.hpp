@@ -55,6 +55,8 @@
 #include "attend/train/gradcheck.hpp"
 #include "attend/train/loss.hpp"
 #include "attend/train/parameters.hpp"
+#include "attend/train/optim.hpp"
+#include "attend/train/checkpoint.hpp"
 
 #include "attend/text/tokenizer.hpp"
 #include "attend/text/vocabulary.hpp"
