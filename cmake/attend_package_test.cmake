@@ -11,6 +11,7 @@
 #                   finds attend there through CMAKE_PREFIX_PATH.
 # build_tree:       the consumer finds BUILD_DIR's export() through attend_DIR.
 # add_subdirectory: the consumer adds SOURCE_DIR as a subdirectory.
+# blas:             add_subdirectory with ATTEND_USE_BLAS=ON (EIGEN_USE_BLAS + OpenBLAS).
 # The consumer's stdout must equal tests/consumer/expected.txt.
 cmake_minimum_required(VERSION 3.21)
 
@@ -70,6 +71,11 @@ elseif(MODE STREQUAL "build_tree")
 elseif(MODE STREQUAL "add_subdirectory")
   list(APPEND configure_args -DATTEND_CONSUMER_MODE=add_subdirectory
                              "-DATTEND_SOURCE_DIR=${SOURCE_DIR}")
+elseif(MODE STREQUAL "blas")
+  # The optional BLAS backend: Eigen hands its large products to OpenBLAS. The consumer's
+  # output must be the same as without it.
+  list(APPEND configure_args -DATTEND_CONSUMER_MODE=add_subdirectory
+                             "-DATTEND_SOURCE_DIR=${SOURCE_DIR}" -DATTEND_USE_BLAS=ON)
 else()
   message(FATAL_ERROR "unknown MODE '${MODE}'")
 endif()
