@@ -1,7 +1,11 @@
 # SPDX-License-Identifier: MIT
 # attend's developer entry points; CMake does the work, this file only names the steps.
 #
-#   make test          install deps, build and run the whole suite with g++, then clang++
+#   make test          install deps, build and run the whole suite with g++, then with
+#                      clang++ under ASan+UBSan (plus short fuzz runs), then the threaded
+#                      tests under TSan (docs/reliability.md)
+#   make fuzz          fuzz each libFuzzer target for FUZZ_SECONDS (default 600)
+#   make valgrind      the examples and the conformance runner under valgrind memcheck
 #   make demo          build the examples and run the tour (or every example)
 #   make bench         Release build of attend-bench, results in build/bench.json
 #   make umbrella      regenerate include/attend/attend.hpp after adding a header
@@ -19,7 +23,8 @@ EXAMPLES := $(basename $(notdir $(wildcard examples/*.cpp)))
 SOURCES   = $(shell find include tests examples bench \( -name '*.hpp' -o -name '*.cpp' \) \
                   -not -path 'tests/data/*')
 
-.PHONY: all deps test test-gcc test-clang demo bench umbrella format format-check clean
+.PHONY: all deps test test-gcc test-clang test-asan test-tsan fuzz valgrind demo bench umbrella \
+        format format-check clean
 
 all: test
 
@@ -40,7 +45,8 @@ endef
 
 test: deps
 	$(MAKE) --no-print-directory test-gcc
-	$(MAKE) --no-print-directory test-clang
+	$(MAKE) --no-print-directory test-asan
+	$(MAKE) --no-print-directory test-tsan
 
 test-gcc:
 	$(call build_and_test,gcc,g++)
@@ -49,6 +55,53 @@ test-gcc:
 # packaging consumers; the clang++ pass builds and runs everything else.
 test-clang:
 	$(call build_and_test,clang,clang++,-E '^(header-check|package)\.')
+
+# --- hardening (docs/reliability.md) --------------------------------------------------
+
+# Sanitizer reports: a stack per UBSan finding; every finding fails the run.
+SANITIZER_ENV = ASAN_OPTIONS=detect_leaks=1:strict_string_checks=1 \
+  UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1
+FUZZ_SECONDS ?= 600
+
+# The clang++ pass of `make test`: every program built with clang++ at -Werror, tests and
+# examples under AddressSanitizer + UndefinedBehaviorSanitizer (-O1); runs the unit tests,
+# the conformance runner, the examples and each fuzz target for 20 s (ATTEND_FUZZ_SECONDS).
+test-asan:
+	$(call configure,asan,clang++) -DATTEND_SANITIZE=address,undefined -DATTEND_FUZZ=ON
+	$(CMAKE) --build $(BUILD)/asan -j $(JOBS)
+	$(SANITIZER_ENV) $(CTEST) --test-dir $(BUILD)/asan --output-on-failure -j $(JOBS) \
+	  -R '^(unit\.|conformance$$|example\.|fuzz\.)'
+
+# The multi-threaded tests ([threads]) under ThreadSanitizer, in their own small binary.
+test-tsan:
+	$(call configure,tsan,clang++) -DATTEND_SANITIZE=thread
+	$(CMAKE) --build $(BUILD)/tsan -j $(JOBS) --target attend-thread-tests
+	$(CTEST) --test-dir $(BUILD)/tsan --output-on-failure -R '^threads\.'
+
+# A longer fuzzing session per target (one process each, -jobs=1), in the asan build.
+fuzz: deps
+	$(call configure,asan,clang++) -DATTEND_SANITIZE=address,undefined -DATTEND_FUZZ=ON
+	$(CMAKE) --build $(BUILD)/asan -j $(JOBS) --target attend-fuzz-safetensors attend-fuzz-conformance
+	@for t in safetensors conformance; do echo "== fuzz $$t for $(FUZZ_SECONDS) s"; \
+	  $(SANITIZER_ENV) $(BUILD)/asan/bin/attend-fuzz-$$t -max_total_time=$(FUZZ_SECONDS) \
+	    -rss_limit_mb=2048 -timeout=10 -jobs=1 -print_final_stats=1 -dict=tests/fuzz/$$t.dict \
+	    -artifact_prefix=$(BUILD)/asan/fuzz/$$t/artifacts/ \
+	    $(BUILD)/asan/fuzz/$$t/corpus tests/fuzz/$$t || exit 1; done
+
+# Examples and the conformance runner (over tests/data) under memcheck, from the g++ build.
+# Not part of `make test`: it takes minutes (docs/reliability.md has the figures).
+VALGRIND = valgrind --tool=memcheck --error-exitcode=99 --leak-check=full \
+  --errors-for-leak-kinds=definite,indirect --show-leak-kinds=definite,indirect -q
+valgrind: deps
+	$(call configure,gcc,g++)
+	$(CMAKE) --build $(BUILD)/gcc -j $(JOBS) --target attend-examples attend-conformance
+	mkdir -p $(BUILD)/valgrind
+	@cd $(BUILD)/valgrind && for example in $(EXAMPLES); do echo "== valgrind $$example"; \
+	  $(VALGRIND) ../gcc/bin/$$example > $$example.stdout || exit 1; done
+	@echo "== valgrind attend-conformance tests/data"
+	@$(VALGRIND) $(BUILD)/gcc/bin/attend-conformance tests/data > $(BUILD)/valgrind/conformance.stdout
+	@tail -n 1 $(BUILD)/valgrind/conformance.stdout
+	@echo "valgrind: no memcheck errors (outputs in $(BUILD)/valgrind)"
 
 demo: deps
 	$(call configure,gcc,g++)

@@ -545,6 +545,17 @@ def lstm_note(rows, torch_rows, runs):
     theirs = next((r.get("gflops_cpu") for n, r in torch_rows.items()
                    if family_and_arg(n)[0] == "Torch_LSTM" and r.get("torch_threads") == 1), None)
     ops = next((r.get("Torch_LSTM_ops") for r in runs.values() if r.get("Torch_LSTM_ops")), None)
+    by_threads = {r.get("torch_threads"): r for n, r in torch_rows.items()
+                  if family_and_arg(n)[0] == "Torch_LSTM"}
+    two = ""
+    t1, t2 = by_threads.get(1, {}), by_threads.get(2, {})
+    if t1.get("gflops_wall") and t2.get("gflops_wall") and t1.get("cpu_s"):
+        two = (f" Two threads gave nn.LSTM {t2['gflops_wall'] / t1['gflops_wall']:.2f} x its "
+               f"one-thread wall-clock rate for {t2['cpu_s'] / t1['cpu_s']:.1f} x its CPU time: "
+               "each of the 130 small products is split across OpenBLAS's threads, which spin "
+               "and yield waiting for each other (beside torch's OpenMP pool) on two cores "
+               "already busy with other jobs, so that column measures the contention, not "
+               "PyTorch's LSTM.")
     if ours and theirs:
         q = ours / theirs
         verdict = ("on par: under the ~10% noise of this machine" if abs(q - 1) < 0.1 else
@@ -557,8 +568,10 @@ def lstm_note(rows, torch_rows, runs):
   same work: per layer one GEMM for the input projection of all 64 steps, then per step
   one `[16, 512] x [512, 2048]` recurrent product and the element-wise gates (PyTorch's
   profiler saw {ops or "(not recorded)"} per forward, i.e. 2 projections + 128 steps, in
-  OpenBLAS sgemm; attend uses Eigen's GEMM). {measured} Where attend's time goes (perf
-  profile of the same forward built with the same flags, outside this run): 61% in the
+  OpenBLAS sgemm; attend uses Eigen's GEMM).
+  {measured}{two}
+  Where attend's time goes (perf profile of the same forward built with the same flags,
+  outside this run): 61% in the
   128 step products, of which 27 points are Eigen packing W_hh into its kernel's layout
   again at every step (4 MiB of float for only B = 16 rows of h, so the packing costs
   almost as much as the multiply), 27% in the two input projections (large GEMMs, near

@@ -64,8 +64,11 @@ void make_switches(Cell& cell) {
 /// Switches unit u on (h = kOn) while sum(terms) + bias > 0 (conditions in steps of 0.5).
 void set_switch(Cell& cell, Index u, const std::vector<Term>& terms, double bias) {
   for (const Term& t : terms) {
-    if (t.state) cell.weight_hh(u, t.index) = kGate * t.weight / kOn;
-    if (!t.state) cell.weight_ih(u, t.index) = kGate * t.weight;
+    if (t.state) {
+      cell.weight_hh(u, t.index) = kGate * t.weight / kOn;
+    } else {
+      cell.weight_ih(u, t.index) = kGate * t.weight;
+    }
   }
   cell.bias_ih(u) = kGate * bias;  // row u: the input gate block
 }

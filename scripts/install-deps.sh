@@ -13,6 +13,7 @@ set -euo pipefail
 required=(
   g++                 # the primary compiler
   clang               # clang++, the second compiler of `make test` and the header check
+  libclang-rt-14-dev  # clang's sanitizer and libFuzzer runtimes (a Recommends of clang-14)
   cmake
   make
   libeigen3-dev       # Eigen 3.4, the library's one core dependency
@@ -24,6 +25,7 @@ required=(
 optional=(
   ccache              # picked up automatically by CMake when present
   ninja-build         # used by the Makefile when present (else Unix Makefiles)
+  valgrind            # `make valgrind` (memcheck of the examples and the conformance runner)
 )
 
 is_installed() {

@@ -21,6 +21,13 @@
 
 namespace attend {
 
+template <typename Scalar>
+struct MultiheadAttentionCache;  // multihead_backward.hpp
+template <typename Scalar>
+struct MultiheadAttentionGrad;  // multihead_backward.hpp
+template <typename Scalar>
+struct MultiheadAttentionInputGrads;  // multihead_backward.hpp
+
 /// Positional information applied inside multi-head attention (beyond what the inputs carry).
 enum class PositionKind {
   /// None: attention is permutation-equivariant; positions come from the inputs (sinusoidal
@@ -204,6 +211,28 @@ class MultiheadAttention {
     return forward_impl(query, key, value, args, &query == &key && &key == &value);
   }
 
+  /// Self-attention forward for training: as forward(query, args), always on the reference
+  /// path, filling `cache` (if not null) with what backward needs.
+  AttentionResult<Scalar> forward(const Tensor<Scalar>& query, const MultiheadAttentionArgs& args,
+                                  MultiheadAttentionCache<Scalar>* cache) const {
+    return forward_impl(query, query, query, args, true, cache);
+  }
+
+  /// Forward for training: as forward(query, key, value, args), always on the reference path
+  /// (the backward needs every head's weights), filling `cache` (if not null).
+  /// \sa backward
+  AttentionResult<Scalar> forward(const Tensor<Scalar>& query, const Tensor<Scalar>& key,
+                                  const Tensor<Scalar>& value, const MultiheadAttentionArgs& args,
+                                  MultiheadAttentionCache<Scalar>* cache) const {
+    return forward_impl(query, key, value, args, &query == &key && &key == &value, cache);
+  }
+
+  /// Gradient of the forward that filled `cache`; defined in multihead_backward.hpp.
+  MultiheadAttentionInputGrads<Scalar> backward(const MultiheadAttentionCache<Scalar>& cache,
+                                                const Tensor<Scalar>& d_output,
+                                                MultiheadAttentionGrad<Scalar>& grads,
+                                                const Tensor<Scalar>* d_attn_weights = nullptr) const;
+
  private:
   using Mat = Matrix<Scalar>;
 
@@ -228,7 +257,8 @@ class MultiheadAttention {
 
   AttentionResult<Scalar> forward_impl(const Tensor<Scalar>& query, const Tensor<Scalar>& key,
                                        const Tensor<Scalar>& value,
-                                       const MultiheadAttentionArgs& args, bool self) const {
+                                       const MultiheadAttentionArgs& args, bool self,
+                                       MultiheadAttentionCache<Scalar>* cache = nullptr) const {
     const std::string who = "MultiheadAttention::forward";
     const Index E = options.embed_dim, H = options.num_heads, dh = head_dim();
     if (query.rank() != 2 && query.rank() != 3) {
@@ -289,9 +319,33 @@ class MultiheadAttention {
     }
     Mat q(L, E), k(S, E), v(S, E);  // [L, E], [S, E], [S, E] projections of one sequence
     Mat heads(L, E);                 // [L, E] concatenated head outputs
-    Mat w(args.need_weights ? L : 0, args.need_weights ? S : 0);  // [L, S] one head's weights
+    const bool reference = args.need_weights || cache != nullptr;  // else the fused path
+    Mat w(reference ? L : 0, reference ? S : 0);  // [L, S] one head's weights
     FusedWorkspace<Scalar> fused_ws(dh, dh);  // the fused path's scratch, once per call
     Mat out(L, E);                   // [L, E]
+    if (cache) {  // what backward needs, per sequence (training only: copies are fine)
+      *cache = {};
+      cache->query_shape = query.shape();
+      cache->key_shape = key.shape();
+      cache->value_shape = value.shape();
+      cache->self = self;
+      cache->B = B;
+      cache->L = L;
+      cache->S = S;
+      cache->need_weights = args.need_weights;
+      cache->average_attn_weights = args.average_attn_weights;
+      cache->query_position = args.query_position;
+      cache->key_position = args.key_position;
+      const auto n = static_cast<std::size_t>(B);
+      cache->x_query.resize(n);
+      cache->x_key.resize(self ? 0 : n);
+      cache->x_value.resize(self ? 0 : n);
+      cache->q.resize(n);
+      cache->k.resize(n);
+      cache->v.resize(n);
+      cache->heads.resize(n);
+      cache->weights.resize(n * static_cast<std::size_t>(H));
+    }
     for (Index b = 0; b < B; ++b) {
       project(sequence(query, b), self ? nullptr : &key, self ? nullptr : &value, b, q, k, v);
       for (Index h = 0; rotary && h < H; ++h) {  // RoPE on each head's Q and K, in place
@@ -303,7 +357,7 @@ class MultiheadAttention {
       Mat avg;
       if (args.need_weights && args.average_attn_weights) avg = Mat::Zero(L, S);
       for (Index h = 0; h < H; ++h) {
-        if (!args.need_weights) {  // the fast path: fused kernel, no [L, S] buffer
+        if (!reference) {  // the fast path: fused kernel, no [L, S] buffer
           detail::attention_head_fused<Scalar>(q.middleCols(h * dh, dh), k.middleCols(h * dh, dh),
                                                v.middleCols(h * dh, dh), mask, b, h, scale,
                                                heads.middleCols(h * dh, dh), fused_ws);
@@ -312,7 +366,8 @@ class MultiheadAttention {
         detail::attention_head_reference<Scalar>(q.middleCols(h * dh, dh), k.middleCols(h * dh, dh),
                                                  v.middleCols(h * dh, dh), mask, b, h, scale,
                                                  heads.middleCols(h * dh, dh), w);
-        {
+        if (cache) cache->weights[static_cast<std::size_t>(b * H + h)] = w;
+        if (args.need_weights) {
           if (args.average_attn_weights) {
             avg += w;
           } else {
@@ -322,6 +377,18 @@ class MultiheadAttention {
       }
       if (args.need_weights && args.average_attn_weights) {
         MatrixMap<Scalar>(result.attn_weights.data() + b * L * S, L, S) = avg / Scalar(H);
+      }
+      if (cache) {
+        const auto i = static_cast<std::size_t>(b);
+        cache->x_query[i] = sequence(query, b);
+        if (!self) {
+          cache->x_key[i] = sequence(key, b);
+          cache->x_value[i] = sequence(value, b);
+        }
+        cache->q[i] = q;
+        cache->k[i] = k;
+        cache->v[i] = v;
+        cache->heads[i] = heads;
       }
       out.noalias() = heads * out_proj_weight.transpose();
       if (options.bias) out.rowwise() += out_proj_bias.transpose();
@@ -370,3 +437,5 @@ class MultiheadAttention {
 };
 
 }  // namespace attend
+
+#include "attend/attention/multihead_backward.hpp"  // IWYU pragma: export
