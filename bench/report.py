@@ -117,8 +117,11 @@ if you can; `--benchmark_filter=Sdpa` (attend-bench) and `--filter Sdpa`
   S = 64 encoder states, N = A = 512, embedding 256, keys projected once outside the
   loop): 2·B·A·N (W2 s) + 3·B·S·A (add, dot with v; tanh not counted) + 2·B·S·N
   (context) + 2·B·4N·(256 + 2N) (LSTM step).
-- **Threads.** attend-bench is single-threaded: Eigen is built without -fopenmp and
-  OpenBLAS is set to one thread (`openblas_set_num_threads(1)`). For PyTorch,
+- **Threads.** attend-bench is built with -fopenmp for the 2-thread rows
+  (`BM_SdpaFused2T`, `BM_Sgemm2T`, wall-clock rates); every other row is single-threaded:
+  Eigen's products are pinned to one thread (`Eigen::setNbThreads(1)`), the fused kernel's
+  OpenMP split to one (`omp_set_num_threads(1)`), and OpenBLAS to one
+  (`openblas_set_num_threads(1)`). For PyTorch,
   `torch.set_num_threads(n)` only sizes torch's OpenMP pool; Debian's torch calls the
   system OpenBLAS (pthreads build) for matmul, whose pool follows
   `OPENBLAS_NUM_THREADS`. torch_bench.py sets both (one child process per thread count,
