@@ -269,7 +269,7 @@ void ops_rows(Table& t) {
   t.value("Dropout with p = 1", {"Dropout", "p is 1"}, [] { Dropout(1.0); });
   t.value("Dropout with a negative p", {"Dropout", "p is -0.1"}, [] { Dropout(-0.1); });
   t.value("Dropout with a NaN p", {"Dropout", "p is"},
-          [] { Dropout(std::numeric_limits<double>::quiet_NaN()); });
+          [] { Dropout{std::numeric_limits<double>::quiet_NaN()}; });
   t.value("dropout_forward with p = 1.5", {"dropout_forward", "p is 1.5"}, [] {
     Rng rng(1);
     dropout_forward(randm<S>(2, 3), 1.5, true, rng);

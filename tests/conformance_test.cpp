@@ -973,3 +973,54 @@ TEMPLATE_TEST_CASE("runner: what the runner does not handle is UNSUPPORTED", "[c
   CHECK(sdpa(R"({"dropout_p": 0.0})") == "PASS");
   CHECK(sdpa(R"({"enable_gqa": true})") == "UNSUPPORTED option 'enable_gqa'");
 }
+
+TEMPLATE_TEST_CASE("runner: gradient cases check every grad. tensor; no backward is UNSUPPORTED",
+                   "[conformance][grad]", float, double) {
+  using S = TestType;
+  // embedding V = 3, D = 1, weight [1, 2, 3], padding_idx 0, ids [0, 2, 2], upstream
+  // [5, 6, 7]: L = 5 w0 + 6 w2 + 7 w2, so grad.weight = [0 (padding row), 0, 6 + 7 = 13].
+  const auto embedding = [](std::vector<double> grad_weight, bool with_upstream = true) {
+    CaseFile c("embedding", R"({"num_embeddings": 3, "embedding_dim": 1, "padding_idx": 0})",
+               kExact, kExact);
+    c.add<S>("weight", {3, 1}, {1, 2, 3}).template add<std::int64_t>("input.input", {3}, {0, 2, 2});
+    c.add<S>("expected.output", {3, 1}, {1, 3, 3});
+    if (with_upstream) c.add<S>("upstream.output", {3, 1}, {5, 6, 7});
+    c.add<S>("grad.weight", {3, 1}, grad_weight);
+    return verdict(c.run());
+  };
+  CHECK(embedding({0, 0, 13}) == "PASS");
+  // A grad. tensor is compared like an expected. one.
+  CHECK(embedding({0, 0, 12}) ==
+        "FAIL grad.weight: max_abs_err=1.000e+00 at [2, 0] (tolerance 0.000e+00)");
+  CHECK(embedding({0, 0, 13}, false) ==
+        "FAIL no upstream. tensor: the gradient case defines no L");
+
+  // multihead_attention (the hand case of mha_case): a gradient the runner does not
+  // produce is UNSUPPORTED rather than ignored; an unknown upstream likewise.
+  CaseFile extra = mha_case<S>(kMhaOptions, 1);
+  extra.add<S>("upstream.output", {2, 1, 2}, {0, 0, 0, 0});
+  extra.add<S>("grad.bias_k", {1, 1, 2}, {0, 0});
+  CHECK(verdict(extra.run()) == "UNSUPPORTED gradient 'bias_k' of multihead_attention");
+  CaseFile odd_upstream = mha_case<S>(kMhaOptions, 1);
+  odd_upstream.add<S>("upstream.attn_output", {2, 1, 2}, {0, 0, 0, 0});
+  odd_upstream.add<S>("grad.out_proj.bias", {2}, {0, 0});
+  CHECK(verdict(odd_upstream.run()) ==
+        "UNSUPPORTED upstream gradient 'attn_output' of multihead_attention");
+  // With upstream.output = 0 every gradient is exactly 0.
+  CaseFile zero = mha_case<S>(kMhaOptions, 1);
+  zero.add<S>("upstream.output", {2, 1, 2}, {0, 0, 0, 0});
+  zero.add<S>("grad.out_proj.bias", {2}, {0, 0});
+  zero.add<S>("grad.input.query", {2, 1, 2}, {0, 0, 0, 0});
+  CHECK(verdict(zero.run()) == "PASS");
+  // upstream.output = 1 for output (t = 0, e = 1) only: grad.out_proj.bias = [0, 1].
+  CaseFile one = mha_case<S>(kMhaOptions, 1);
+  one.add<S>("upstream.output", {2, 1, 2}, {0, 1, 0, 0});
+  one.add<S>("grad.out_proj.bias", {2}, {0, 1});
+  CHECK(verdict(one.run()) == "PASS");
+
+  // A module without a backward here (lstm) stays UNSUPPORTED.
+  CaseFile lstm("lstm", R"({"input_size": 1, "hidden_size": 1})", kExact, kExact);
+  lstm.add<S>("input.input", {1, 1, 1}, {0}).template add<S>("expected.output", {1, 1, 1}, {0});
+  lstm.add<S>("upstream.output", {1, 1, 1}, {1});
+  CHECK(verdict(lstm.run()) == "UNSUPPORTED gradient case (grad./upstream. tensors) of lstm");
+}

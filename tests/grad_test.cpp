@@ -1,6 +1,7 @@
 // SPDX-License-Identifier: MIT
 // Gradient tests of the module backwards: multi-head attention (by hand, central
-// differences through every parameter and input, masks, accumulation, errors).
+// differences through every parameter and input, masks, accumulation, errors) and the
+// transformer encoder layer (post- and pre-norm).
 #include "attend/attention/mask.hpp"
 #include "attend/attention/multihead.hpp"
 #include "attend/attention/multihead_backward.hpp"
@@ -10,6 +11,8 @@
 #include "attend/core/types.hpp"
 #include "attend/train/gradcheck.hpp"
 #include "attend/train/parameters.hpp"
+#include "attend/transformer/encoder_layer.hpp"
+#include "attend/train/encoder_layer_backward.hpp"
 
 #include <Eigen/Core>
 
@@ -404,4 +407,139 @@ TEMPLATE_TEST_CASE("multihead_backward.hpp: bad caches and shapes are rejected",
   REQUIRE_THROWS_AS(mha.backward(cache, d3, g), attend::shape_error);
   REQUIRE_THROWS_WITH(mha.backward(cache, d3, g),
                       who + "grads.d_out_proj_weight is [2, 2], expected [4, 4]");
+}
+
+// ========================================================================================
+// encoder_layer_backward.hpp
+// ========================================================================================
+
+namespace {
+
+/// A TransformerEncoderLayer with its gradients, visitable as a model.
+struct EncoderModel {
+  attend::TransformerEncoderLayer<double> layer;
+  attend::TransformerEncoderLayerGrad<double> grads;
+
+  template <typename Visit>
+  void named_parameters(Visit&& visit) {
+    attend::named_parameters(layer, grads, visit);
+  }
+};
+
+attend::TransformerLayerOptions encoder_options(bool norm_first, attend::Activation act,
+                                                bool batch_first) {
+  attend::TransformerLayerOptions o;
+  o.d_model = 8;
+  o.nhead = 2;
+  o.dim_feedforward = 12;
+  o.activation = act;
+  o.norm_first = norm_first;
+  o.batch_first = batch_first;
+  return o;
+}
+
+}  // namespace
+
+TEST_CASE("encoder_layer_backward.hpp: the training forward equals forward", "[grad]") {
+  for (const bool norm_first : {false, true}) {
+    INFO("norm_first " << norm_first);
+    attend::TransformerEncoderLayer<double> layer(
+        encoder_options(norm_first, attend::Activation::gelu, false), 4);
+    Rng rng(2);
+    const Tensor<double> src = random_tensor<double>({5, 2, 8}, rng);
+    attend::TransformerEncoderLayerArgs args;
+    args.is_causal = true;
+    attend::TransformerEncoderLayerCache<double> cache;
+    const Tensor<double> got = attend::transformer_encoder_layer_forward(layer, src, args, &cache);
+    const Tensor<double> want = layer.forward(src, args);
+    REQUIRE(got.shape() == want.shape());
+    // The fused attention path of forward rounds differently: ~1e-15 on O(1) values.
+    REQUIRE((got.flat() - want.flat()).cwiseAbs().maxCoeff() < 1e-12);
+  }
+}
+
+TEST_CASE("encoder_layer_backward.hpp: every parameter and src match central differences",
+          "[grad]") {
+  struct Case {
+    const char* name;
+    bool norm_first;
+    attend::Activation act;
+    bool batch_first;
+    bool padding;
+  };
+  const Case cases[] = {
+      {"post-norm, relu, seq-first", false, attend::Activation::relu, false, false},
+      {"post-norm, gelu, batch_first, key padding", false, attend::Activation::gelu, true, true},
+      {"pre-norm, relu, key padding", true, attend::Activation::relu, false, true},
+      {"pre-norm, gelu_tanh, batch_first", true, attend::Activation::gelu_tanh, true, false},
+  };
+  for (const Case& c : cases) {
+    INFO(c.name);
+    EncoderModel model{attend::TransformerEncoderLayer<double>(
+                           encoder_options(c.norm_first, c.act, c.batch_first), 3),
+                       {}};
+    Rng rng(17);
+    randomize(model.layer.self_attn, rng);
+    for (attend::LayerNorm<double>* n : {&model.layer.norm1, &model.layer.norm2}) {
+      Matrix<double> w(8, 2);  // LayerNorm weight ~1 and bias ~0 hide errors: randomise
+      attend::fill_uniform(w, 0.5, rng);
+      n->weight = w.col(0).array() + 1.0;
+      n->bias = w.col(1);
+    }
+    const Shape shape = c.batch_first ? Shape{2, 4, 8} : Shape{4, 2, 8};
+    Tensor<double> src = random_tensor<double>(shape, rng);
+    const Tensor<double> up = random_tensor<double>(shape, rng);
+    attend::TransformerEncoderLayerArgs args;
+    if (c.padding) args.src_key_padding_mask = Mask::key_padding_lengths({4, 2}, 4);
+    attend::ParameterList<double> params = attend::collect_parameters<double>(model);
+    REQUIRE(params.size() == 12);
+    attend::TransformerEncoderLayerCache<double> cache;
+    (void)attend::transformer_encoder_layer_forward(model.layer, src, args, &cache);
+    const Tensor<double> d_src =
+        attend::transformer_encoder_layer_backward(model.layer, cache, up, model.grads);
+    const auto loss = [&] {
+      return dot_loss(attend::transformer_encoder_layer_forward<double>(model.layer, src, args,
+                                                                        nullptr),
+                      up);
+    };
+    for (const auto& p : params) require_gradient(p.name(), p.value(), p.grad(), loss);
+    require_gradient("src", src.flat(), d_src.flat(), loss);
+  }
+}
+
+TEMPLATE_TEST_CASE("encoder_layer_backward.hpp: names, accumulation and errors", "[grad][error]",
+                   float, double) {
+  using S = TestType;
+  attend::TransformerEncoderLayer<S> layer(encoder_options(false, attend::Activation::relu, false));
+  attend::TransformerEncoderLayerGrad<S> g;
+  attend::ParameterList<S> list;
+  attend::named_parameters(layer, g, list, "layers.0.");
+  const char* names[] = {"self_attn.in_proj_weight", "self_attn.in_proj_bias",
+                         "self_attn.out_proj.weight", "self_attn.out_proj.bias", "linear1.weight",
+                         "linear1.bias", "linear2.weight", "linear2.bias", "norm1.weight",
+                         "norm1.bias", "norm2.weight", "norm2.bias"};
+  REQUIRE(list.size() == 12);
+  for (Index i = 0; i < 12; ++i) REQUIRE(list[i].name() == std::string("layers.0.") + names[i]);
+
+  Rng rng(1);
+  const Tensor<S> src = random_tensor<S>({3, 2, 8}, rng), up = random_tensor<S>({3, 2, 8}, rng);
+  attend::TransformerEncoderLayerCache<S> cache;
+  (void)attend::transformer_encoder_layer_forward(layer, src, {}, &cache);
+  (void)attend::transformer_encoder_layer_backward(layer, cache, up, g);
+  const Matrix<S> once = g.linear1.d_weight;
+  (void)attend::transformer_encoder_layer_backward(layer, cache, up, g);
+  REQUIRE(g.linear1.d_weight == Matrix<S>(once * S(2)));  // += (x + x = 2x exactly)
+
+  const std::string who = "transformer_encoder_layer_backward: ";
+  attend::TransformerEncoderLayerCache<S> empty;
+  REQUIRE_THROWS_AS(attend::transformer_encoder_layer_backward(layer, empty, up, g),
+                    attend::value_error);
+  REQUIRE_THROWS_WITH(attend::transformer_encoder_layer_backward(layer, empty, up, g),
+                      who + "cache is empty, expected one filled by "
+                            "transformer_encoder_layer_forward");
+  REQUIRE_THROWS_AS(attend::transformer_encoder_layer_backward(layer, cache, Tensor<S>({3, 8}), g),
+                    attend::shape_error);
+  REQUIRE_THROWS_WITH(
+      attend::transformer_encoder_layer_backward(layer, cache, Tensor<S>({3, 8}), g),
+      who + "d_output is [3, 8], expected [3, 2, 8] (the forward's src)");
 }

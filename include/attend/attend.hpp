@@ -31,6 +31,7 @@
 #include "attend/attention/mask.hpp"
 #include "attend/attention/alibi.hpp"
 #include "attend/attention/fused_kernels.hpp"
+#include "attend/attention/multihead_backward.hpp"
 #include "attend/attention/scaled_dot_product.hpp"
 #include "attend/attention/fused.hpp"
 #include "attend/attention/multihead.hpp"
@@ -55,6 +56,7 @@
 #include "attend/train/gradcheck.hpp"
 #include "attend/train/loss.hpp"
 #include "attend/train/parameters.hpp"
+#include "attend/train/encoder_layer_backward.hpp"
 #include "attend/train/optim.hpp"
 #include "attend/train/checkpoint.hpp"
 

@@ -335,6 +335,11 @@ bool run_rnn_module(const Case& c, Outputs<S>& out);
 template <typename S>
 bool run_transformer_module(const Case& c, Outputs<S>& out);
 
+// Gradient cases (upstream./grad. tensors), defined in grad_cases.hpp (included at the end).
+inline bool grad_module_supported(const std::string& module);
+template <typename S>
+bool run_grad_case(const Case& c, Outputs<S>& out);
+
 template <typename S>
 Outputs<S> run_module(const Case& c) {
   if (Outputs<S> out; run_rnn_module<S>(c, out)) return out;
@@ -364,15 +369,31 @@ inline std::string fmt(double v) {
   return s.str();
 }
 
-/// Compares every `expected.` tensor with the outputs; fills `result`.
+/// Runs a forward case, or the forward and backward of a gradient case.
+template <typename S>
+Outputs<S> run_any(const Case& c, bool gradient_case) {
+  if (!gradient_case) return run_module<S>(c);
+  Outputs<S> out;
+  if (!run_grad_case<S>(c, out)) {
+    throw unsupported("gradient case (grad./upstream. tensors) of " + c.module);
+  }
+  return out;
+}
+
+/// Compares every `expected.X` tensor with got["X"] and every `grad.X` tensor with
+/// got["grad.X"]; fills `result`.
 template <typename S>
 void compare(const Case& c, const Outputs<S>& got, CaseResult& result) {
   double max_abs = 0.0;
   for (const std::string& name : c.st->names()) {
-    if (name.rfind("expected.", 0) != 0) continue;
-    const std::string out_name = name.substr(9);
+    const bool is_grad = name.rfind("grad.", 0) == 0;
+    if (name.rfind("expected.", 0) != 0 && !is_grad) continue;
+    const std::string out_name = is_grad ? name : name.substr(9);
     const auto it = got.find(out_name);
-    if (it == got.end()) throw unsupported("output '" + out_name + "' of " + c.module);
+    if (it == got.end()) {
+      throw unsupported((is_grad ? "gradient '" + name.substr(5) : "output '" + out_name) +
+                        "' of " + c.module);
+    }
     const Tensor<double> want = c.st->get<S>(name).template cast<double>();
     const Tensor<double> have = it->second.template cast<double>();
     if (want.shape() != have.shape()) {
@@ -454,11 +475,15 @@ inline CaseResult run_case_bytes(std::vector<std::uint8_t> bytes, const std::str
       }
       if (name.rfind("grad.", 0) == 0 || name.rfind("upstream.", 0) == 0) gradient_case = true;
     }
-    if (gradient_case) throw unsupported("gradient case (grad./upstream. tensors) of " + c.module);
+    if (gradient_case && !detail::grad_module_supported(c.module)) {
+      throw unsupported("gradient case (grad./upstream. tensors) of " + c.module);
+    }
     const std::vector<std::string> names = st.names();
-    if (std::none_of(names.begin(), names.end(),
-                     [](const std::string& n) { return n.rfind("expected.", 0) == 0; })) {
-      throw format_error("no expected. tensor: the case checks nothing");
+    if (std::none_of(names.begin(), names.end(), [&](const std::string& n) {
+          return n.rfind("expected.", 0) == 0 || (gradient_case && n.rfind("grad.", 0) == 0);
+        })) {
+      throw format_error(gradient_case ? "no expected. or grad. tensor: the case checks nothing"
+                                       : "no expected. tensor: the case checks nothing");
     }
     if (float_dtypes.size() != 1) {
       throw format_error("float tensors must share one dtype, found " +
@@ -466,9 +491,9 @@ inline CaseResult run_case_bytes(std::vector<std::uint8_t> bytes, const std::str
     }
     const DType dt = *float_dtypes.begin();
     if (dt == DType::F32) {
-      detail::compare<float>(c, detail::run_module<float>(c), result);
+      detail::compare<float>(c, detail::run_any<float>(c, gradient_case), result);
     } else if (dt == DType::F64) {
-      detail::compare<double>(c, detail::run_module<double>(c), result);
+      detail::compare<double>(c, detail::run_any<double>(c, gradient_case), result);
     } else {
       throw unsupported("case dtype " + to_string(dt));
     }
@@ -486,3 +511,4 @@ inline CaseResult run_case_bytes(std::vector<std::uint8_t> bytes, const std::str
 
 #include "rnn_cases.hpp"  // IWYU pragma: keep
 #include "transformer_cases.hpp"  // IWYU pragma: keep
+#include "grad_cases.hpp"  // IWYU pragma: keep

@@ -5,6 +5,7 @@
 #include "attend/attention/alibi.hpp"
 #include "attend/attention/fused.hpp"
 #include "attend/attention/mask.hpp"
+#include "attend/attention/multihead_backward.hpp"
 #include "attend/attention/scaled_dot_product.hpp"
 #include "attend/core/errors.hpp"
 #include "attend/core/random.hpp"
@@ -20,13 +21,6 @@
 #include <string>
 
 namespace attend {
-
-template <typename Scalar>
-struct MultiheadAttentionCache;  // multihead_backward.hpp
-template <typename Scalar>
-struct MultiheadAttentionGrad;  // multihead_backward.hpp
-template <typename Scalar>
-struct MultiheadAttentionInputGrads;  // multihead_backward.hpp
 
 /// Positional information applied inside multi-head attention (beyond what the inputs carry).
 enum class PositionKind {
@@ -227,7 +221,8 @@ class MultiheadAttention {
     return forward_impl(query, key, value, args, &query == &key && &key == &value, cache);
   }
 
-  /// Gradient of the forward that filled `cache`; defined in multihead_backward.hpp.
+  /// Gradient of the forward that filled `cache` (documented and defined in
+  /// multihead_backward_impl.hpp; the cache and gradient structs are in multihead_backward.hpp).
   MultiheadAttentionInputGrads<Scalar> backward(const MultiheadAttentionCache<Scalar>& cache,
                                                 const Tensor<Scalar>& d_output,
                                                 MultiheadAttentionGrad<Scalar>& grads,
@@ -323,28 +318,9 @@ class MultiheadAttention {
     Mat w(reference ? L : 0, reference ? S : 0);  // [L, S] one head's weights
     FusedWorkspace<Scalar> fused_ws(dh, dh);  // the fused path's scratch, once per call
     Mat out(L, E);                   // [L, E]
-    if (cache) {  // what backward needs, per sequence (training only: copies are fine)
-      *cache = {};
-      cache->query_shape = query.shape();
-      cache->key_shape = key.shape();
-      cache->value_shape = value.shape();
-      cache->self = self;
-      cache->B = B;
-      cache->L = L;
-      cache->S = S;
-      cache->need_weights = args.need_weights;
-      cache->average_attn_weights = args.average_attn_weights;
-      cache->query_position = args.query_position;
-      cache->key_position = args.key_position;
-      const auto n = static_cast<std::size_t>(B);
-      cache->x_query.resize(n);
-      cache->x_key.resize(self ? 0 : n);
-      cache->x_value.resize(self ? 0 : n);
-      cache->q.resize(n);
-      cache->k.resize(n);
-      cache->v.resize(n);
-      cache->heads.resize(n);
-      cache->weights.resize(n * static_cast<std::size_t>(H));
+    if (cache) {
+      cache->start(query.shape(), key.shape(), value.shape(), self, B, H, L, S, args.need_weights,
+                   args.average_attn_weights, args.query_position, args.key_position);
     }
     for (Index b = 0; b < B; ++b) {
       project(sequence(query, b), self ? nullptr : &key, self ? nullptr : &value, b, q, k, v);
@@ -378,17 +354,9 @@ class MultiheadAttention {
       if (args.need_weights && args.average_attn_weights) {
         MatrixMap<Scalar>(result.attn_weights.data() + b * L * S, L, S) = avg / Scalar(H);
       }
-      if (cache) {
-        const auto i = static_cast<std::size_t>(b);
-        cache->x_query[i] = sequence(query, b);
-        if (!self) {
-          cache->x_key[i] = sequence(key, b);
-          cache->x_value[i] = sequence(value, b);
-        }
-        cache->q[i] = q;
-        cache->k[i] = k;
-        cache->v[i] = v;
-        cache->heads[i] = heads;
+      if (cache) {  // what backward needs (training only: copies are fine)
+        cache->store(b, sequence(query, b), self ? Mat() : sequence(key, b),
+                     self ? Mat() : sequence(value, b), q, k, v, heads);
       }
       out.noalias() = heads * out_proj_weight.transpose();
       if (options.bias) out.rowwise() += out_proj_bias.transpose();
@@ -438,4 +406,4 @@ class MultiheadAttention {
 
 }  // namespace attend
 
-#include "attend/attention/multihead_backward.hpp"  // IWYU pragma: export
+#include "attend/attention/multihead_backward_impl.hpp"  // IWYU pragma: keep

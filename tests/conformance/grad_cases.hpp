@@ -1,0 +1,255 @@
+// SPDX-License-Identifier: MIT
+// Conformance gradient cases (FIXTURES.md `upstream.` and `grad.` tensors): forward plus
+// backward of multihead_attention, embedding and transformer_encoder_layer.
+//
+// Wiring (runner.hpp): run_case_bytes calls `run_grad_case<S>(c, out)` for a case holding
+// upstream./grad. tensors (UNSUPPORTED when it returns false, i.e. for a module without a
+// backward here), and compare() checks every `grad.` tensor as out["grad.<name>"] besides
+// every `expected.` one. This file is included at the end of runner.hpp; including it first
+// works too: it includes runner.hpp.
+#pragma once
+
+#include "attend/attention/mask.hpp"
+#include "attend/attention/multihead.hpp"
+#include "attend/attention/multihead_backward.hpp"
+#include "attend/core/tensor.hpp"
+#include "attend/embedding/embedding.hpp"
+#include "attend/train/encoder_layer_backward.hpp"
+#include "attend/transformer/encoder_layer.hpp"
+
+#include <algorithm>
+#include <cstdint>
+#include <initializer_list>
+#include <set>
+#include <string>
+#include <type_traits>
+#include <utility>
+#include <vector>
+
+#include "runner.hpp"
+
+namespace attend::conformance::detail {
+
+/// Whether run_grad_case handles gradient cases of `module`.
+inline bool grad_module_supported(const std::string& module) {
+  return module == "multihead_attention" || module == "embedding" ||
+         module == "transformer_encoder_layer";
+}
+
+/// Rejects `upstream.` tensors other than those of `known` outputs: an upstream gradient
+/// the runner ignored would make it check the wrong L.
+inline void allow_upstreams(const Case& c, std::initializer_list<const char*> known) {
+  const std::set<std::string> ok(known.begin(), known.end());
+  for (const std::string& name : c.st->names()) {
+    if (name.rfind("upstream.", 0) == 0 && !ok.count(name.substr(9))) {
+      throw unsupported("upstream gradient '" + name.substr(9) + "' of " + c.module);
+    }
+  }
+}
+
+/// upstream.<name> when present, else zeros of `shape` (an output without one is not in L).
+template <typename S>
+Tensor<S> upstream_or_zeros(const Case& c, const std::string& name, const Shape& shape) {
+  const std::string key = "upstream." + name;
+  if (!c.st->contains(key)) {
+    Tensor<S> z(shape);
+    z.fill(S(0));
+    return z;
+  }
+  Tensor<S> u = c.st->get<S>(key);
+  if (u.shape() != shape) {
+    throw shape_error(key + " is " + attend::detail::shape_string(u.shape()) + ", expected " +
+                      attend::detail::shape_string(shape) + " (the shape of output " + name + ")");
+  }
+  return u;
+}
+
+template <typename S>
+Tensor<S> vector_tensor(const Vector<S>& v) {
+  Tensor<S> t({v.size()});
+  t.flat() = v;
+  return t;
+}
+
+template <typename S>
+void run_mha_grad(const Case& c, Outputs<S>& out) {
+  allow_options(c,
+                {"embed_dim", "num_heads", "bias", "kdim", "vdim", "batch_first", "need_weights",
+                 "average_attn_weights", "is_causal", "dropout", "add_bias_kv", "add_zero_attn"});
+  allow_inputs(c, {"query", "key", "value", "key_padding_mask", "attn_mask"});
+  allow_upstreams(c, {"output", "attn_weights"});
+  ignore_dropout(c, "dropout");
+  if (opt_bool(c, "add_bias_kv", false)) throw unsupported("option 'add_bias_kv'");
+  if (opt_bool(c, "add_zero_attn", false)) throw unsupported("option 'add_zero_attn'");
+  MultiheadAttentionOptions o;
+  o.embed_dim = opt_required_int(c, "embed_dim");
+  o.num_heads = opt_required_int(c, "num_heads");
+  o.bias = opt_bool(c, "bias", true);
+  o.kdim = opt_int(c, "kdim").value_or(0);
+  o.vdim = opt_int(c, "vdim").value_or(0);
+  o.batch_first = opt_bool(c, "batch_first", false);
+  if (o.embed_dim > 0 && o.kdim >= 0 && o.vdim >= 0) {
+    // As run_mha: the file must hold the parameters before the constructor allocates them.
+    const Index E = o.embed_dim, kdim = o.kdim ? o.kdim : E, vdim = o.vdim ? o.vdim : E;
+    std::vector<std::pair<std::string, Shape>> params{{"out_proj.weight", {E, E}}};
+    if (kdim == E && vdim == E) {
+      params.push_back({"in_proj_weight", {3 * E, E}});
+    } else {
+      params.push_back({"q_proj_weight", {E, E}});
+      params.push_back({"k_proj_weight", {E, kdim}});
+      params.push_back({"v_proj_weight", {E, vdim}});
+    }
+    for (const auto& p : params) {
+      attend::detail::require_parameter(*c.st, p.first, p.second, "multihead_attention");
+    }
+  }
+  MultiheadAttention<S> mha(o);
+  mha.load_state_dict(*c.st);
+  MultiheadAttentionArgs a;
+  a.need_weights = opt_bool(c, "need_weights", true);
+  a.average_attn_weights = opt_bool(c, "average_attn_weights", true);
+  a.is_causal = opt_bool(c, "is_causal", false);
+  if (c.st->contains("input.key_padding_mask")) {
+    const std::string name = "input.key_padding_mask";
+    if (is_bool_dtype(c.st->dtype(name))) {
+      a.key_padding_mask = Mask::key_padding(c.st->get<bool>(name));
+    } else {
+      const Tensor<S> kp = c.st->get<S>(name);
+      if (kp.rank() != 2) {
+        throw shape_error("key_padding_mask is " + attend::detail::shape_string(kp.shape()) +
+                          ", expected [B, S]");
+      }
+      a.key_padding_mask = Mask::additive(kp.reshaped({kp.dim(0), 1, 1, kp.dim(1)}));
+    }
+  }
+  if (c.st->contains("input.attn_mask")) {
+    a.attn_mask = read_mask<S>(c, "input.attn_mask", o.num_heads);
+  }
+  if (c.st->contains("upstream.attn_weights") && !a.need_weights) {
+    throw format_error("upstream.attn_weights given, but need_weights is false");
+  }
+  const Tensor<S> q = c.st->get<S>("input.query");
+  const bool has_k = c.st->contains("input.key"), has_v = c.st->contains("input.value");
+  if (has_k != has_v)
+    throw format_error("input.key and input.value must both be present or absent");
+  MultiheadAttentionCache<S> cache;
+  AttentionResult<S> r;
+  if (has_k) {
+    const Tensor<S> k = c.st->get<S>("input.key");
+    const Tensor<S> v = c.st->get<S>("input.value");
+    no_empty_rows(k, k.rank() == 3 && o.batch_first ? 1 : 0);
+    r = mha.forward(q, k, v, a, &cache);
+  } else {
+    r = mha.forward(q, a, &cache);
+  }
+  const Tensor<S> d_output = upstream_or_zeros<S>(c, "output", r.output.shape());
+  Tensor<S> d_weights;
+  if (c.st->contains("upstream.attn_weights")) {
+    d_weights = upstream_or_zeros<S>(c, "attn_weights", r.attn_weights.shape());
+  }
+  MultiheadAttentionGrad<S> g;
+  MultiheadAttentionInputGrads<S> d =
+      mha.backward(cache, d_output, g, d_weights.size() ? &d_weights : nullptr);
+
+  out.emplace("output", r.output);
+  if (a.need_weights) out.emplace("attn_weights", r.attn_weights);
+  if (mha.packed()) {
+    out.emplace("grad.in_proj_weight", Tensor<S>::from_matrix(g.d_in_proj_weight));
+  } else {
+    out.emplace("grad.q_proj_weight", Tensor<S>::from_matrix(g.d_q_proj_weight));
+    out.emplace("grad.k_proj_weight", Tensor<S>::from_matrix(g.d_k_proj_weight));
+    out.emplace("grad.v_proj_weight", Tensor<S>::from_matrix(g.d_v_proj_weight));
+  }
+  out.emplace("grad.out_proj.weight", Tensor<S>::from_matrix(g.d_out_proj_weight));
+  if (o.bias) {
+    out.emplace("grad.in_proj_bias", vector_tensor(g.d_in_proj_bias));
+    out.emplace("grad.out_proj.bias", vector_tensor(g.d_out_proj_bias));
+  }
+  out.emplace("grad.input.query", std::move(d.d_query));
+  if (has_k) {
+    out.emplace("grad.input.key", std::move(d.d_key));
+    out.emplace("grad.input.value", std::move(d.d_value));
+  }
+}
+
+template <typename S>
+void run_embedding_grad(const Case& c, Outputs<S>& out) {
+  allow_options(c, {"num_embeddings", "embedding_dim", "padding_idx", "max_norm", "norm_type",
+                    "scale_grad_by_freq", "sparse"});
+  allow_inputs(c, {"input"});
+  allow_upstreams(c, {"output"});
+  if (opt_number(c, "max_norm")) throw unsupported("option 'max_norm'");
+  if (opt_bool(c, "scale_grad_by_freq", false)) throw unsupported("option 'scale_grad_by_freq'");
+  const Index V = opt_required_int(c, "num_embeddings");
+  const Index D = opt_required_int(c, "embedding_dim");
+  const Embedding<S> e = Embedding<S>::from_state_dict(*c.st, "", opt_int(c, "padding_idx"));
+  if (e.num_embeddings() != V || e.embedding_dim() != D) {
+    throw shape_error("weight is " + attend::detail::matrix_shape(e.weight) + ", expected [" +
+                      std::to_string(V) + ", " + std::to_string(D) + "]");
+  }
+  const Tensor<std::int64_t> ids = c.st->get<std::int64_t>("input.input");
+  Tensor<S> y = e.forward(ids);
+  const Tensor<S> dy = upstream_or_zeros<S>(c, "output", y.shape());
+  Matrix<S> d_weight;  // [V, D], zeroed by backward
+  e.backward(ids, dy, d_weight);
+  out.emplace("output", std::move(y));
+  out.emplace("grad.weight", Tensor<S>::from_matrix(d_weight));
+}
+
+template <typename S>
+void run_encoder_layer_grad(const Case& c, Outputs<S>& out) {
+  allow_options(c, {"d_model", "nhead", "dim_feedforward", "dropout", "activation",
+                    "layer_norm_eps", "batch_first", "norm_first", "bias", "is_causal"});
+  allow_inputs(c, {"src", "src_mask", "src_key_padding_mask"});
+  allow_upstreams(c, {"output"});
+  const TransformerLayerOptions o = read_layer_options(c);
+  require_layer_parameters(c, o, "", false);
+  TransformerEncoderLayer<S> layer(o);
+  layer.load_state_dict(*c.st);
+  TransformerEncoderLayerArgs a;
+  a.src_mask = read_optional_mask<S>(c, "src_mask", o.nhead, false);
+  a.src_key_padding_mask = read_optional_mask<S>(c, "src_key_padding_mask", 0, true);
+  a.is_causal = opt_bool(c, "is_causal", false);
+  const Tensor<S> src = c.st->get<S>("input.src");
+  TransformerEncoderLayerCache<S> cache;
+  Tensor<S> y = transformer_encoder_layer_forward(layer, src, a, &cache);
+  const Tensor<S> dy = upstream_or_zeros<S>(c, "output", y.shape());
+  TransformerEncoderLayerGrad<S> g;
+  Tensor<S> d_src = transformer_encoder_layer_backward(layer, cache, dy, g);
+  out.emplace("output", std::move(y));
+  out.emplace("grad.input.src", std::move(d_src));
+  // Every parameter gradient under its state-dict name, in PyTorch's shapes.
+  named_parameters(layer, g, [&](const std::string& name, auto& /*value*/, auto& grad) {
+    using Plain = std::decay_t<decltype(grad)>;
+    if constexpr (Plain::ColsAtCompileTime == 1) {
+      out.emplace("grad." + name, vector_tensor<S>(grad));
+    } else {
+      out.emplace("grad." + name, Tensor<S>::from_matrix(grad));
+    }
+  });
+}
+
+/// Runs a gradient case: the forward outputs ("output", ...) and the gradients
+/// ("grad.<parameter>", "grad.input.<name>") of L = sum over outputs of
+/// sum(output * upstream.output). \returns false for a module without backward support.
+template <typename S>
+bool run_grad_case(const Case& c, Outputs<S>& out) {
+  if (!grad_module_supported(c.module)) return false;
+  const std::vector<std::string> names = c.st->names();
+  if (std::none_of(names.begin(), names.end(),
+                   [](const std::string& n) { return n.rfind("upstream.", 0) == 0; })) {
+    throw format_error("no upstream. tensor: the gradient case defines no L");
+  }
+  if (c.module == "multihead_attention") {
+    run_mha_grad<S>(c, out);
+  } else if (c.module == "embedding") {
+    run_embedding_grad<S>(c, out);
+  } else if (c.module == "transformer_encoder_layer") {
+    run_encoder_layer_grad<S>(c, out);
+  } else {
+    return false;
+  }
+  return true;
+}
+
+}  // namespace attend::conformance::detail
