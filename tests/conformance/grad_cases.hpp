@@ -30,6 +30,14 @@
 
 namespace attend::conformance::detail {
 
+// Helpers of transformer_cases.hpp, declared here because that file may be the one being
+// included first (it includes runner.hpp, which includes this file before it continues).
+inline TransformerLayerOptions read_layer_options(const Case& c);
+inline void require_layer_parameters(const Case& c, const TransformerLayerOptions& o,
+                                     const std::string& prefix, bool decoder);
+template <typename S>
+Mask read_optional_mask(const Case& c, const std::string& input, Index heads, bool key_padding);
+
 /// Whether run_grad_case handles gradient cases of `module`.
 inline bool grad_module_supported(const std::string& module) {
   return module == "multihead_attention" || module == "embedding" ||

@@ -6,9 +6,10 @@
 #
 # Seeds are small valid files copied from tests/data, plus hand-made edge cases: empty and
 # metadata-only headers, every dtype (F16/BF16 with inf and NaN), zero-size and scalar
-# tensors, unaligned data with gaps, a space-padded header, and truncated files. The
-# conformance seeds add cases a runner must reject (unknown module, bad options, no
-# expected tensor, a gradient case). Keep the total under 200 KB.
+# tensors, unaligned data with gaps, a space-padded header, truncated files, and shapes
+# whose sizes overflow. The conformance seeds add cases a runner must reject (unknown
+# module, bad options, no expected tensor, a gradient case, a huge table). Keep the total
+# under 200 KB.
 import json
 import os
 import shutil
@@ -94,6 +95,9 @@ def safetensors_seeds(out):
           file_bytes([("w", "F32", [2, 2], f32(1, 2, 3, 4))], {"a": "b"}, pad_header=7))
     write(out, "truncated.safetensors", file_bytes([("w", "F32", [4], f32(1, 2, 3, 4))])[:-5])
     write(out, "length_only.safetensors", struct.pack("<Q", 2))
+    # Shapes whose element count (2^64) and byte count (2^62 * 4) overflow 64 bits.
+    write(out, "overflow_shapes.safetensors", file_bytes([
+        ("n", "F32", [2 ** 32, 2 ** 32], b""), ("b", "F32", [2 ** 62], b"")]))
     for rel in ["softmax/random_2d_f32.safetensors", "embedding/input_1d_f32.safetensors",
                 "sinusoidal_positional_encoding/odd_d_interleaved_f64.safetensors",
                 "scaled_dot_product_attention/unbatched_2d_f32.safetensors"]:
