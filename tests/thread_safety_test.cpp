@@ -67,8 +67,8 @@ std::vector<int> mismatches_in_two_threads(const std::function<Tensor<T>()>& f,
 
 }  // namespace
 
-TEMPLATE_TEST_CASE("thread safety: const MultiheadAttention::forward from two threads",
-                   "[threads]", float, double) {
+TEMPLATE_TEST_CASE("thread safety: const MultiheadAttention::forward from two threads", "[threads]",
+                   float, double) {
   using S = TestType;
   attend::MultiheadAttentionOptions o;
   o.embed_dim = 16;
@@ -143,7 +143,8 @@ TEMPLATE_TEST_CASE("thread safety: scaled_dot_product_attention_fused from two t
                    "[threads]", float, double) {
   using S = TestType;
   // Long enough for several query and key blocks, so each call walks its own workspace.
-  const Tensor<S> q = randn<S>({2, 70, 8}, 7), k = randn<S>({2, 90, 8}, 8), v = randn<S>({2, 90, 8}, 9);
+  const Tensor<S> q = randn<S>({2, 70, 8}, 7), k = randn<S>({2, 90, 8}, 8),
+                  v = randn<S>({2, 90, 8}, 9);
   const attend::Mask mask = attend::Mask::causal(20);
   const std::function<Tensor<S>()> f = [&] {
     return attend::scaled_dot_product_attention_fused(q, k, v, mask);

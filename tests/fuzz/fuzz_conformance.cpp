@@ -5,11 +5,11 @@
 // a FAIL, an unknown module or option UNSUPPORTED. A crash, an assertion, an out-of-bounds
 // access, undefined behaviour, an escaping exception, a huge allocation or a case that runs
 // for seconds is a finding. Build: ATTEND_FUZZ=ON with clang++ (see docs/reliability.md).
-#include "../conformance/runner.hpp"
-
 #include <cstddef>
 #include <cstdint>
 #include <vector>
+
+#include "../conformance/runner.hpp"
 
 extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size) {
   using attend::conformance::CaseResult;

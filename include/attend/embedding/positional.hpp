@@ -34,9 +34,9 @@ enum class PositionalLayout {
 /// \throws value_error when max_len < 0, d_model <= 0, or base <= 0.
 /// \note Vaswani et al. 2017, section 3.5.
 template <typename Scalar>
-Matrix<Scalar> sinusoidal_positional_encoding(Index max_len, Index d_model,
-                                              PositionalLayout layout = PositionalLayout::interleaved,
-                                              Index first_position = 0, double base = 10000.0) {
+Matrix<Scalar> sinusoidal_positional_encoding(
+    Index max_len, Index d_model, PositionalLayout layout = PositionalLayout::interleaved,
+    Index first_position = 0, double base = 10000.0) {
   static_assert(is_supported_scalar_v<Scalar>,
                 "attend::sinusoidal_positional_encoding: Scalar must be float or double");
   if (max_len < 0 || d_model <= 0) {
@@ -97,10 +97,10 @@ class SinusoidalPositionalEncoding {
     }
     if (offset < 0 || offset > max_len() - x.rows()) {  // no overflow of offset + L
       // offset + L overflows only when offset >= 0: printed as an unsigned sum then.
-      const std::string end =
-          offset < 0 ? std::to_string(offset + x.rows())
-                     : std::to_string(static_cast<unsigned long long>(offset) +
-                                      static_cast<unsigned long long>(x.rows()));
+      const std::string end = offset < 0
+                                  ? std::to_string(offset + x.rows())
+                                  : std::to_string(static_cast<unsigned long long>(offset) +
+                                                   static_cast<unsigned long long>(x.rows()));
       throw index_error("SinusoidalPositionalEncoding::forward: positions [" +
                         std::to_string(offset) + ", " + end + ") exceed max_len " +
                         std::to_string(max_len()));
