@@ -91,7 +91,8 @@ fuzz: deps
 # Examples and the conformance runner (over tests/data) under memcheck, from the g++ build.
 # Not part of `make test`: it takes minutes (docs/reliability.md has the figures).
 VALGRIND = valgrind --tool=memcheck --error-exitcode=99 --leak-check=full \
-  --errors-for-leak-kinds=definite,indirect --show-leak-kinds=definite,indirect -q
+  --errors-for-leak-kinds=definite,indirect --show-leak-kinds=definite,indirect -q \
+  --suppressions=$(CURDIR)/tests/valgrind.supp
 valgrind: deps
 	$(call configure,gcc,g++)
 	$(CMAKE) --build $(BUILD)/gcc -j $(JOBS) --target attend-examples attend-conformance
