@@ -1,6 +1,7 @@
 // SPDX-License-Identifier: MIT
 // Google Benchmark suite for attention: GEMM baselines (OpenBLAS, Eigen), the reference
-// scaled dot-product attention and multi-head attention, all single-threaded float.
+// and fused scaled dot-product attention (forward and backward) and multi-head attention,
+// single-threaded float unless a benchmark says otherwise.
 //
 // Every benchmark reports FLOP/s as the `FLOPS` counter (kIsIterationInvariantRate, so
 // Google Benchmark divides by CPU time) and bytes through SetBytesProcessed; the FLOP
@@ -12,6 +13,7 @@
 // from GCC's avx512fintrin.h (GCC bug 105593).
 
 #include "attend/attention/fused.hpp"
+#include "attend/attention/fused_backward.hpp"
 #include "attend/attention/mask.hpp"
 #include "attend/attention/multihead.hpp"
 #include "attend/attention/scaled_dot_product.hpp"
@@ -28,6 +30,7 @@
 #include <cstdint>
 #include <optional>
 #include <string>
+#include <vector>
 
 #ifdef _OPENMP
 #include <omp.h>
@@ -297,6 +300,99 @@ void BM_SdpaFused2T(benchmark::State& state) {
 }
 BENCHMARK(BM_SdpaFused2T)->Apply(sdpa_lengths)->UseRealTime();
 
+// ---- attention backward (reference and attention/fused_backward.hpp) ----------------
+// One Args grid for both: L = S up to 2048 (the reference caches [L, S] weights per head,
+// 128 MiB at L = 2048), same inputs, same FLOP count, so the FLOPS ratio is the speedup.
+
+/// The Args grid of the backward variants.
+void sdpa_backward_lengths(benchmark::internal::Benchmark* b) {
+  for (const Index L : {128, 512, 1024, 2048}) b->Arg(L);
+  b->Unit(benchmark::kMillisecond);
+}
+
+/// Counters of one SDPA backward with L queries and S = L keys.
+void set_sdpa_backward_counters(benchmark::State& state, Index L) {
+  const double B = kSdpaBatch, H = kSdpaHeads, d = kSdpaHeadDim, Lq = double(L), S = double(L);
+  // Backward: 10·B·H·L·S·d = 2.5x the forward's 4·L·S·d per head, five products of
+  // 2·L·S·d: Q K^T (recomputed by the fused path), dO V^T, P^T dO, dS^T Q, dS K. The
+  // reference skips the recomputation (4 products) but is credited the same count, so the
+  // FLOPS ratio of the two rows is the time ratio. Softmax terms are not counted.
+  const double flops = 10.0 * B * H * Lq * S * d;
+  // Bytes: Q, K, V, O, dO read and dQ, dK, dV written once, each [B, H, L, d] float (the
+  // reference's cached [L, S] weights and its temporaries are not counted).
+  const double bytes = 8.0 * B * H * Lq * d * sizeof(float);
+  set_counters(state, flops, bytes);
+}
+
+/// Reference backward (scaled_dot_product.hpp), one head at a time from cached weights;
+/// the forward that fills the caches runs outside the timed loop.
+void BM_SdpaReferenceBackward(benchmark::State& state) {
+  const Index L = state.range(0), d = kSdpaHeadDim;
+  const SdpaInputs in(L);
+  const Tensor<float> d_out = random_tensor({kSdpaBatch, kSdpaHeads, L, d}, 14);
+  std::vector<attend::AttentionCache<float>> caches(std::size_t(kSdpaBatch * kSdpaHeads));
+  for (Index n = 0; n < kSdpaBatch * kSdpaHeads; ++n) {
+    const Index b = n / kSdpaHeads, h = n % kSdpaHeads;
+    attend::scaled_dot_product_attention_forward(in.q.matrix(b, h), in.k.matrix(b, h),
+                                                 in.v.matrix(b, h), attend::Mask(), std::nullopt,
+                                                 &caches[std::size_t(n)]);
+  }
+  for (auto _ : state) {
+    for (Index n = 0; n < kSdpaBatch * kSdpaHeads; ++n) {
+      const Index b = n / kSdpaHeads, h = n % kSdpaHeads;
+      attend::AttentionGrads<float> g = attend::scaled_dot_product_attention_backward(
+          in.q.matrix(b, h), in.k.matrix(b, h), in.v.matrix(b, h), caches[std::size_t(n)],
+          d_out.matrix(b, h));
+      benchmark::DoNotOptimize(g.dq.data());
+    }
+    benchmark::ClobberMemory();
+  }
+  set_sdpa_backward_counters(state, L);
+}
+BENCHMARK(BM_SdpaReferenceBackward)->Apply(sdpa_backward_lengths);
+
+/// Fused backward on tensors, single thread, from the fused forward's output and lse
+/// (computed outside the timed loop).
+void BM_SdpaFusedBackward(benchmark::State& state) {
+  const Index L = state.range(0), d = kSdpaHeadDim;
+  const SdpaInputs in(L);
+  const Tensor<float> d_out = random_tensor({kSdpaBatch, kSdpaHeads, L, d}, 14);
+  const attend::Mask no_mask;
+  set_attention_threads(1);
+  Tensor<float> lse;
+  const Tensor<float> out =
+      attend::scaled_dot_product_attention_fused<float>(in.q, in.k, in.v, no_mask, {}, &lse);
+  for (auto _ : state) {
+    attend::AttentionTensorGrads<float> g = attend::scaled_dot_product_attention_fused_backward(
+        in.q, in.k, in.v, out, lse, d_out, no_mask);
+    benchmark::DoNotOptimize(g.dq.data());
+    benchmark::ClobberMemory();
+  }
+  set_sdpa_backward_counters(state, L);
+  state.counters["workspace_bytes"] = static_cast<double>(
+      attend::FusedBackwardWorkspace<float>(kSdpaHeadDim, kSdpaHeadDim).bytes());
+}
+BENCHMARK(BM_SdpaFusedBackward)->Apply(sdpa_backward_lengths);
+
+/// Fused causal backward, single thread; FLOPS keeps the non-causal count (about 2x ideal).
+void BM_SdpaFusedBackwardCausal(benchmark::State& state) {
+  const Index L = state.range(0), d = kSdpaHeadDim;
+  const SdpaInputs in(L);
+  const Tensor<float> d_out = random_tensor({kSdpaBatch, kSdpaHeads, L, d}, 14);
+  const attend::Mask causal = attend::Mask::causal();
+  set_attention_threads(1);
+  Tensor<float> lse;
+  const Tensor<float> out =
+      attend::scaled_dot_product_attention_fused<float>(in.q, in.k, in.v, causal, {}, &lse);
+  for (auto _ : state) {
+    attend::AttentionTensorGrads<float> g = attend::scaled_dot_product_attention_fused_backward(
+        in.q, in.k, in.v, out, lse, d_out, causal);
+    benchmark::DoNotOptimize(g.dq.data());
+    benchmark::ClobberMemory();
+  }
+  set_sdpa_backward_counters(state, L);
+}
+BENCHMARK(BM_SdpaFusedBackwardCausal)->Apply(sdpa_backward_lengths);
 
 // ---- multi-head attention -----------------------------------------------------------
 

@@ -1,7 +1,8 @@
 // SPDX-License-Identifier: MIT
-// Tests of attention/fused.hpp: the fused kernel against the reference (both tile paths,
-// every mask kind, odd sizes), zeros for fully masked rows, skipped tiles, no allocation
-// in the kernel, thread-count independence, argument errors.
+// Tests of attention/fused.hpp and fused_backward.hpp: the fused kernel and its backward
+// against the reference (both tile paths, every mask kind, odd sizes), zeros for fully
+// masked rows, skipped tiles, no allocation in the kernels, thread-count independence,
+// a gradient check, argument errors.
 
 // Eigen's run-time allocation check (set_is_malloc_allowed) exists only when this macro is
 // defined before Eigen is first included, so it comes first and holds for the whole TU.
@@ -10,6 +11,7 @@
 #endif
 
 #include "attend/attention/fused.hpp"
+#include "attend/attention/fused_backward.hpp"
 
 #include "attend/attention/mask.hpp"
 #include "attend/attention/scaled_dot_product.hpp"
@@ -17,6 +19,7 @@
 #include "attend/core/random.hpp"
 #include "attend/core/tensor.hpp"
 #include "attend/core/types.hpp"
+#include "attend/train/gradcheck.hpp"
 
 #include <Eigen/Core>
 
@@ -590,4 +593,611 @@ TEMPLATE_TEST_CASE("fused.hpp: argument errors name the argument and shapes", "[
   REQUIRE_THROWS_WITH(scaled_dot_product_attention_fused(tq, tk, tv, small),
                       "scaled_dot_product_attention_fused: attn_mask is [1, 1, 3, 4], expected "
                       "broadcastable to [2, 3, 5, 7]");
+}
+
+// ---- backward (fused_backward.hpp) -------------------------------------------------------
+
+namespace {
+
+/// Fused backward vs reference backward on O(1) inputs: both sum 5 products in different
+/// orders and the fused one recomputes P = exp(s - lse) (a few ulps off the reference's
+/// softmax, whose exp is Eigen's, while the forward's lse may come from the AVX2 exp2):
+/// observed 5.2e-7 in float and 1.2e-15 in double (relative to 1 + |want|) over 40 random
+/// sizes and masks; 2e-5 and 1e-12 leave room for other compilers and SIMD widths.
+template <typename S>
+constexpr double kBackwardTol = std::is_same_v<S, float> ? 2e-5 : 1e-12;
+
+/// Logits near 1e3: the lse and the recomputed logit each carry a few ulps of 1e3 (6e-5
+/// in float), so P is off by up to ~3e-4 relative, and dq, dk, dv with it: 4e-4 observed
+/// here (up to 1.1e-3 on random sizes with d_k up to 80, i.e. logits near 2e3, where an
+/// ulp is twice as large); 1e-3 relative plus 1e-3 absolute in float, 1e-10 in double
+/// (8e-13 observed).
+template <typename S>
+constexpr double kLargeLogitBackwardTol = std::is_same_v<S, float> ? 1e-3 : 1e-10;
+
+/// The log-sum-exp against a direct computation in double: the forward's sums run in S.
+template <typename S>
+constexpr double kLseTol = std::is_same_v<S, float> ? 1e-5 : 1e-13;
+
+/// Gradient check in double with central differences, h = 1e-6, on O(1) functions: a
+/// correct backward shows errors near 1e-9 at worst; a wrong term gives 1e-3 and more.
+constexpr double kGradTol = 1e-7;
+
+/// Forward with the lse through the detail entry (the tile code chosen by `kernel`).
+template <typename S>
+Matrix<S> fused_head_lse(const Matrix<S>& q, const Matrix<S>& k, const Matrix<S>& v,
+                         const Mask& mask, double scale, FusedKernel kernel,
+                         attend::Vector<S>& lse) {
+  Matrix<S> out(q.rows(), v.cols());
+  lse.resize(q.rows());
+  attend::FusedWorkspace<S> ws(q.cols(), v.cols());
+  attend::detail::attention_head_fused<S>(q, k, v, mask, 0, 0, static_cast<S>(scale), out, ws,
+                                          kernel, lse.data());
+  return out;
+}
+
+/// The reference backward (scaled_dot_product.hpp) of one case.
+template <typename S>
+attend::AttentionGrads<S> reference_backward(const Matrix<S>& q, const Matrix<S>& k,
+                                             const Matrix<S>& v, const Matrix<S>& d_out,
+                                             const Mask& mask, double scale) {
+  attend::AttentionCache<S> cache;
+  attend::scaled_dot_product_attention_forward(q, k, v, mask, scale, &cache);
+  return attend::scaled_dot_product_attention_backward(q, k, v, cache, d_out);
+}
+
+template <typename S>
+void require_grads_close(const attend::AttentionGrads<S>& got,
+                         const attend::AttentionGrads<S>& want, double tol) {
+  {
+    INFO("dq");
+    require_close(got.dq, want.dq, tol, tol);
+  }
+  {
+    INFO("dk");
+    require_close(got.dk, want.dk, tol, tol);
+  }
+  {
+    INFO("dv");
+    require_close(got.dv, want.dv, tol, tol);
+  }
+}
+
+/// Fused backward (after either forward tile code) equals the reference backward.
+template <typename S>
+void check_backward_case(const Matrix<S>& q, const Matrix<S>& k, const Matrix<S>& v,
+                         const Matrix<S>& d_out, const Mask& mask, double scale, double tol) {
+  const attend::AttentionGrads<S> want = reference_backward<S>(q, k, v, d_out, mask, scale);
+  for (const FusedKernel kernel : kKernels) {
+    INFO("forward kernel " << kernel_name(kernel));
+    attend::Vector<S> lse;
+    const Matrix<S> out = fused_head_lse<S>(q, k, v, mask, scale, kernel, lse);
+    require_grads_close(
+        attend::scaled_dot_product_attention_fused_backward(q, k, v, out, lse, d_out, mask, scale),
+        want, tol);
+  }
+}
+
+/// log sum_j exp(scale q_i . k_j + bias_ij) over unblocked keys, in double (-inf if none).
+template <typename S>
+Matrix<double> reference_lse(const Matrix<S>& q, const Matrix<S>& k, const Mask& mask,
+                             double scale) {
+  Matrix<double> z = q.template cast<double>() * k.template cast<double>().transpose() * scale;
+  mask.apply<double>(0, 0, 0, 0, z);
+  Matrix<double> lse(q.rows(), 1);
+  for (Index i = 0; i < z.rows(); ++i) {
+    const double m = z.row(i).maxCoeff();
+    lse(i, 0) = m == -inf<double> ? -inf<double> : m + std::log((z.row(i).array() - m).exp().sum());
+  }
+  return lse;
+}
+
+}  // namespace
+
+TEMPLATE_TEST_CASE("fused_backward.hpp: one query, two keys, by hand", "[fused][grad]", float,
+                   double) {
+  using S = TestType;
+  // As the forward's hand case: q = [1, 0], k = [[1, 0], [0, 1]], v = [[1, 2], [3, 4]],
+  // scale 1: P = [p, 1 - p], p = e / (e + 1) = 0.7310585786, out = [1.5378828427, ...].
+  // d_out = [1, 0]:
+  //   dv = P^T d_out = [[p, 0], [1 - p, 0]] = [[0.7310585786, 0], [0.2689414214, 0]]
+  //   dP = d_out v^T = [1, 3]; D = d_out . out = p + 3 (1 - p) = 1.5378828427
+  //   dS = P * (dP - D) = [-2 p (1 - p), 2 p (1 - p)] = [-0.3932238665, 0.3932238665]
+  //        (p (1 - p) = e / (e + 1)^2 = 0.1966119332)
+  //   dq = dS k = [-0.3932238665, 0.3932238665]; dk = dS^T q = [[-0.3932238665, 0],
+  //   [0.3932238665, 0]]
+  // lse = log(e + 1) = 1.3132616875.
+  Matrix<S> q(1, 2), k(2, 2), v(2, 2), d_out(1, 2), dq(1, 2), dk(2, 2), dv(2, 2);
+  q << 1, 0;
+  k << 1, 0, 0, 1;
+  v << 1, 2, 3, 4;
+  d_out << 1, 0;
+  dq << S(-0.3932238665), S(0.3932238665);
+  dk << S(-0.3932238665), 0, S(0.3932238665), 0;
+  dv << S(0.7310585786), 0, S(0.2689414214), 0;
+  for (const FusedKernel kernel : kKernels) {
+    INFO("forward kernel " << kernel_name(kernel));
+    attend::Vector<S> lse;
+    const Matrix<S> out = fused_head_lse<S>(q, k, v, Mask(), 1.0, kernel, lse);
+    REQUIRE(lse.size() == 1);
+    REQUIRE(double(lse(0)) == Approx(1.3132616875).margin(kHandTol<S>));
+    const auto g =
+        attend::scaled_dot_product_attention_fused_backward(q, k, v, out, lse, d_out, Mask(), 1.0);
+    require_close(g.dq, dq, kHandTol<S>);
+    require_close(g.dk, dk, kHandTol<S>);
+    require_close(g.dv, dv, kHandTol<S>);
+  }
+}
+
+TEMPLATE_TEST_CASE("fused.hpp: the log-sum-exp output matches a direct computation",
+                   "[fused][grad]", float, double) {
+  using S = TestType;
+  attend::Rng rng(31);
+  const std::vector<std::array<Index, 3>> sizes = {{1, 1, 8}, {33, 70, 64}, {97, 129, 16}};
+  for (const auto& [L, Sk, d] : sizes) {
+    const Matrix<S> q = random_matrix<S>(L, d, rng);
+    const Matrix<S> k = random_matrix<S>(Sk, d, rng);
+    const Matrix<S> v = random_matrix<S>(Sk, d, rng);
+    for (const auto& [name, mask] : all_masks(L, Sk, rng)) {
+      INFO("L " << L << ", S " << Sk << ", mask " << name);
+      const Matrix<double> want = reference_lse<S>(q, k, mask, 0.3);
+      for (const FusedKernel kernel : kKernels) {
+        INFO("kernel " << kernel_name(kernel));
+        attend::Vector<S> lse;
+        const Matrix<S> out = fused_head_lse<S>(q, k, v, mask, 0.3, kernel, lse);
+        require_close(lse.template cast<double>(), want, kLseTol<S>, kLseTol<S>);
+        // Asking for the lse changes nothing in the output.
+        REQUIRE(out == fused_head<S>(q, k, v, mask, 0.3, kernel));
+      }
+      // Public forms: matrix and tensor.
+      attend::Vector<S> lse;
+      attend::scaled_dot_product_attention_fused(q, k, v, mask, 0.3, &lse);
+      require_close(lse.template cast<double>(), want, kLseTol<S>, kLseTol<S>);
+      Tensor<S> lse_t;
+      attend::scaled_dot_product_attention_fused(Tensor<S>::from_matrix(q),
+                                                 Tensor<S>::from_matrix(k),
+                                                 Tensor<S>::from_matrix(v), mask, 0.3, &lse_t);
+      REQUIRE(lse_t.shape() == attend::Shape{L});
+      require_close(attend::ConstMatrixMap<S>(lse_t.data(), L, 1).template cast<double>(), want,
+                    kLseTol<S>, kLseTol<S>);
+    }
+  }
+}
+
+TEMPLATE_TEST_CASE("fused_backward.hpp: equals the reference backward for every mask and odd sizes",
+                   "[fused][grad]", float, double) {
+  using S = TestType;
+  attend::Rng rng(20240601);
+  // [L, S, d_k, d_v]: single rows and keys, 33, sizes around the 96-query and 128-key
+  // blocks, d_v != d_k, d_v not a multiple of the packet size, L != S both ways.
+  const std::vector<std::array<Index, 4>> sizes = {
+      {1, 1, 8, 8},       {1, 1, 64, 64},   {33, 33, 64, 64}, {33, 70, 64, 40},  {97, 129, 64, 64},
+      {100, 300, 16, 17}, {200, 257, 5, 3}, {1, 200, 32, 32}, {130, 7, 24, 130}, {61, 61, 3, 9}};
+  for (const auto& [L, Sk, d_k, d_v] : sizes) {
+    const Matrix<S> q = random_matrix<S>(L, d_k, rng);
+    const Matrix<S> k = random_matrix<S>(Sk, d_k, rng);
+    const Matrix<S> v = random_matrix<S>(Sk, d_v, rng);
+    const Matrix<S> d_out = random_matrix<S>(L, d_v, rng);
+    for (const auto& [name, mask] : all_masks(L, Sk, rng)) {
+      INFO("L " << L << ", S " << Sk << ", d_k " << d_k << ", d_v " << d_v << ", mask " << name);
+      check_backward_case<S>(q, k, v, d_out, mask, 1.0 / std::sqrt(double(d_k)), kBackwardTol<S>);
+    }
+    INFO("L " << L << ", S " << Sk << ", scale 0.3, default scale");
+    check_backward_case<S>(q, k, v, d_out, Mask::causal(1), 0.3, kBackwardTol<S>);
+    // The default scale (nullopt) is 1/sqrt(d_k) in both directions.
+    attend::Vector<S> lse;
+    const Matrix<S> out = attend::scaled_dot_product_attention_fused(q, k, v, Mask(), {}, &lse);
+    require_grads_close(
+        attend::scaled_dot_product_attention_fused_backward(q, k, v, out, lse, d_out),
+        reference_backward<S>(q, k, v, d_out, Mask(), 1.0 / std::sqrt(double(d_k))),
+        kBackwardTol<S>);
+  }
+}
+
+TEMPLATE_TEST_CASE("fused_backward.hpp: equals the reference backward on random sizes",
+                   "[fused][grad][property]", float, double) {
+  using S = TestType;
+  attend::Rng rng(78);
+  for (int trial = 0; trial < 12; ++trial) {
+    const Index L = random_index(rng, 1, 150), Sk = random_index(rng, 1, 300);
+    const Index d_k = random_index(rng, 1, 80), d_v = random_index(rng, 1, 80);
+    const Matrix<S> q = random_matrix<S>(L, d_k, rng, 2.0);
+    const Matrix<S> k = random_matrix<S>(Sk, d_k, rng);
+    const Matrix<S> v = random_matrix<S>(Sk, d_v, rng);
+    const Matrix<S> d_out = random_matrix<S>(L, d_v, rng);
+    const auto masks = all_masks(L, Sk, rng);
+    const auto& [name, mask] = masks[static_cast<std::size_t>(trial) % masks.size()];
+    INFO("L " << L << ", S " << Sk << ", d_k " << d_k << ", d_v " << d_v << ", mask " << name);
+    check_backward_case<S>(q, k, v, d_out, mask, 1.0 / std::sqrt(double(d_k)), kBackwardTol<S>);
+  }
+}
+
+TEMPLATE_TEST_CASE("fused_backward.hpp: logits near 1e3 stay finite and match", "[fused][grad]",
+                   float, double) {
+  using S = TestType;
+  attend::Rng rng(6);
+  const Index L = 70, Sk = 150, d = 64;
+  // q in [-100, 100], k in [-1, 1], scale 1: logits of a few hundred, the largest near 1e3.
+  const Matrix<S> q = random_matrix<S>(L, d, rng, 100.0);
+  const Matrix<S> k = random_matrix<S>(Sk, d, rng);
+  const Matrix<S> v = random_matrix<S>(Sk, d, rng);
+  const Matrix<S> d_out = random_matrix<S>(L, d, rng);
+  const Matrix<S> scores = q * k.transpose();
+  REQUIRE(scores.cwiseAbs().maxCoeff() > S(800));
+  for (const Mask& mask : {Mask(), Mask::causal()}) {
+    const attend::AttentionGrads<S> want = reference_backward<S>(q, k, v, d_out, mask, 1.0);
+    for (const FusedKernel kernel : kKernels) {
+      INFO("forward kernel " << kernel_name(kernel));
+      attend::Vector<S> lse;
+      const Matrix<S> out = fused_head_lse<S>(q, k, v, mask, 1.0, kernel, lse);
+      const auto got =
+          attend::scaled_dot_product_attention_fused_backward(q, k, v, out, lse, d_out, mask, 1.0);
+      REQUIRE(got.dq.allFinite());
+      REQUIRE(got.dk.allFinite());
+      REQUIRE(got.dv.allFinite());
+      require_grads_close(got, want, kLargeLogitBackwardTol<S>);
+    }
+  }
+}
+
+TEMPLATE_TEST_CASE("fused_backward.hpp: empty extents give zero gradients", "[fused][grad]", float,
+                   double) {
+  using S = TestType;
+  attend::Rng rng(12);
+  // [L, S, d_k, d_v]: no queries (dk = dv = 0), no keys (dq = 0), d_k = 0, d_v = 0.
+  const std::vector<std::array<Index, 4>> sizes = {
+      {0, 5, 4, 3}, {4, 0, 4, 3}, {4, 5, 0, 3}, {4, 5, 4, 0}, {0, 0, 0, 0}};
+  for (const auto& [L, Sk, d_k, d_v] : sizes) {
+    INFO("L " << L << ", S " << Sk << ", d_k " << d_k << ", d_v " << d_v);
+    const Matrix<S> q = random_matrix<S>(L, d_k, rng);
+    const Matrix<S> k = random_matrix<S>(Sk, d_k, rng);
+    const Matrix<S> v = random_matrix<S>(Sk, d_v, rng);
+    const Matrix<S> d_out = random_matrix<S>(L, d_v, rng);
+    check_backward_case<S>(q, k, v, d_out, Mask(), 0.5, kBackwardTol<S>);
+    check_backward_case<S>(q, k, v, d_out, Mask::causal(), 0.5, kBackwardTol<S>);
+  }
+}
+
+TEMPLATE_TEST_CASE("fused_backward.hpp: fully masked rows give zero gradients, never NaN",
+                   "[fused][grad]", float, double) {
+  using S = TestType;
+  attend::Rng rng(13);
+  const Index L = 150, Sk = 140, d = 16;
+  const Matrix<S> q = random_matrix<S>(L, d, rng);
+  const Matrix<S> k = random_matrix<S>(Sk, d, rng);
+  const Matrix<S> v = random_matrix<S>(Sk, d, rng);
+  const Matrix<S> d_out = random_matrix<S>(L, d, rng);
+  // Rows 3 and 120 blocked everywhere (two query blocks), row 7 by an all -inf bias.
+  attend::BoolMatrix blocked = random_bools(L, Sk, 0.2, rng);
+  blocked.row(3).setConstant(true);
+  blocked.row(120).setConstant(true);
+  Matrix<double> bias = random_matrix<double>(L, Sk, rng, 1.0);
+  bias.row(7).setConstant(-inf<double>);
+  const Matrix<S> zeros_q = Matrix<S>::Zero(L, d), zeros_k = Matrix<S>::Zero(Sk, d);
+  for (const Mask& mask : {Mask::deny(blocked), Mask::additive(bias)}) {
+    const attend::AttentionGrads<S> want = reference_backward<S>(q, k, v, d_out, mask, 0.25);
+    for (const FusedKernel kernel : kKernels) {
+      INFO("forward kernel " << kernel_name(kernel));
+      attend::Vector<S> lse;
+      const Matrix<S> out = fused_head_lse<S>(q, k, v, mask, 0.25, kernel, lse);
+      const auto got =
+          attend::scaled_dot_product_attention_fused_backward(q, k, v, out, lse, d_out, mask, 0.25);
+      REQUIRE(got.dq.allFinite());
+      REQUIRE(got.dk.allFinite());
+      REQUIRE(got.dv.allFinite());
+      for (const Index row : {Index(3), Index(7), Index(120)}) {
+        if (mask.bias() && row != 7) continue;
+        if (!mask.bias() && row == 7) continue;
+        INFO("row " << row);
+        REQUIRE(lse(row) == -inf<S>);
+        REQUIRE(got.dq.row(row) == zeros_q.row(0));
+      }
+      require_grads_close(got, want, kBackwardTol<S>);
+    }
+  }
+  // Every key blocked: all three gradients are exactly zero.
+  for (const Mask& mask : {Mask::key_padding_lengths({0}, Sk), Mask::causal(-L)}) {
+    attend::Vector<S> lse;
+    const Matrix<S> out = fused_head_lse<S>(q, k, v, mask, 0.25, FusedKernel::automatic, lse);
+    const auto got =
+        attend::scaled_dot_product_attention_fused_backward(q, k, v, out, lse, d_out, mask, 0.25);
+    REQUIRE(got.dq == zeros_q);
+    REQUIRE(got.dk == zeros_k);
+    REQUIRE(got.dv == zeros_k);
+  }
+}
+
+TEMPLATE_TEST_CASE("fused_backward.hpp: tiles the mask blocks entirely are skipped",
+                   "[fused][grad]", float, double) {
+  using S = TestType;
+  attend::Rng rng(14);
+  const Index L = 100, Sk = 300, d = 32;
+  const S nan = std::numeric_limits<S>::quiet_NaN();
+  const double scale = 0.2;
+  const Matrix<S> q = random_matrix<S>(L, d, rng);
+  const Matrix<S> k_ok = random_matrix<S>(Sk, d, rng);
+  const Matrix<S> v_ok = random_matrix<S>(Sk, d, rng);
+  const Matrix<S> d_out = random_matrix<S>(L, d, rng);
+  // The backward reads no key or value of a skipped tile: NaN there would poison dq, and
+  // the dk, dv rows of those keys must come out exactly zero. The forward runs on clean
+  // inputs (its own skipping is tested above); the backward gets the poisoned ones.
+  // Key padding to 130: the key block 256..299 is all padding. Causal: keys 100.. lie in
+  // every query's future.
+  struct Case {
+    const char* name;
+    Mask mask;
+    Index valid;  // keys 0..valid-1 may be seen
+    Index poisoned_from;
+  };
+  const std::vector<Case> cases = {
+      {"key padding 130", Mask::key_padding_lengths({130}, Sk), 130, 256},
+      {"causal", Mask::causal(), L, L}};
+  for (const Case& c : cases) {
+    INFO(c.name);
+    Matrix<S> k = k_ok, v = v_ok;
+    k.bottomRows(Sk - c.poisoned_from).setConstant(nan);
+    v.bottomRows(Sk - c.poisoned_from).setConstant(nan);
+    attend::Vector<S> lse;
+    const Matrix<S> out =
+        fused_head_lse<S>(q, k_ok, v_ok, c.mask, scale, FusedKernel::portable, lse);
+    // The detail kernel: the public door would reject the NaN keys.
+    attend::AttentionGrads<S> got{Matrix<S>(L, d), Matrix<S>(Sk, d), Matrix<S>(Sk, d)};
+    attend::FusedBackwardWorkspace<S> ws(d, d);
+    attend::detail::attention_head_fused_backward<S>(q, k, v, out, lse.data(), d_out,
+                                                     attend::detail::HeadMaskView(c.mask, 0, 0),
+                                                     S(scale), got.dq, got.dk, got.dv, ws);
+    // The reference on the visible keys alone (the masks agree on them).
+    const Mask visible = c.mask.causal_offset() ? Mask::causal() : Mask();
+    const auto want = reference_backward<S>(q, k_ok.topRows(c.valid), v_ok.topRows(c.valid), d_out,
+                                            visible, scale);
+    require_close(got.dq, want.dq, kBackwardTol<S>, kBackwardTol<S>);
+    require_close(got.dk.topRows(c.valid), want.dk, kBackwardTol<S>, kBackwardTol<S>);
+    require_close(got.dv.topRows(c.valid), want.dv, kBackwardTol<S>, kBackwardTol<S>);
+    REQUIRE(got.dk.bottomRows(Sk - c.valid) == Matrix<S>::Zero(Sk - c.valid, d));
+    REQUIRE(got.dv.bottomRows(Sk - c.valid) == Matrix<S>::Zero(Sk - c.valid, d));
+  }
+}
+
+TEST_CASE("fused_backward.hpp: gradient check in double on a small masked case", "[fused][grad]") {
+  attend::Rng rng(15);
+  const Index L = 6, Sk = 9, d_k = 5, d_v = 3;
+  Matrix<double> q = random_matrix<double>(L, d_k, rng);
+  Matrix<double> k = random_matrix<double>(Sk, d_k, rng);
+  Matrix<double> v = random_matrix<double>(Sk, d_v, rng);
+  const Matrix<double> upstream = random_matrix<double>(L, d_v, rng);
+  // Causal with offset 2, one padded key, an additive bias and one fully masked row (row 4,
+  // denied everywhere): every mask kind at once.
+  attend::BoolMatrix denied = random_bools(L, Sk, 0.2, rng);
+  denied.row(4).setConstant(true);
+  const Mask mask = Mask::causal(2) & Mask::key_padding_lengths({Sk - 1}, Sk) &
+                    Mask::additive(random_matrix<double>(L, Sk, rng, 1.0)) & Mask::deny(denied);
+  const double scale = 0.7;
+  // loss = sum(out * upstream), out by the fused forward: d_out = upstream.
+  const auto loss = [&] {
+    return attend::scaled_dot_product_attention_fused(q, k, v, mask, scale)
+        .cwiseProduct(upstream)
+        .sum();
+  };
+  attend::Vector<double> lse;
+  const Matrix<double> out = attend::scaled_dot_product_attention_fused(q, k, v, mask, scale, &lse);
+  const auto g =
+      attend::scaled_dot_product_attention_fused_backward(q, k, v, out, lse, upstream, mask, scale);
+  REQUIRE(g.dq.row(4).isZero(0.0));
+  const attend::GradCheckResult rq = attend::gradcheck(q, g.dq, loss);
+  INFO("dq: " << rq.describe());
+  REQUIRE(rq.error < kGradTol);
+  const attend::GradCheckResult rk = attend::gradcheck(k, g.dk, loss);
+  INFO("dk: " << rk.describe());
+  REQUIRE(rk.error < kGradTol);
+  const attend::GradCheckResult rv = attend::gradcheck(v, g.dv, loss);
+  INFO("dv: " << rv.describe());
+  REQUIRE(rv.error < kGradTol);
+}
+
+TEMPLATE_TEST_CASE("fused_backward.hpp: the kernel allocates nothing", "[fused][grad]", float,
+                   double) {
+  using S = TestType;
+#ifdef NDEBUG
+  WARN("NDEBUG is defined: Eigen's allocation check is an eigen_assert and is off");
+#endif
+  attend::Rng rng(16);
+  const Index L = 200, Sk = 333, d_k = 64, d_v = 48;
+  const Matrix<S> q = random_matrix<S>(L, d_k, rng);
+  const Matrix<S> k = random_matrix<S>(Sk, d_k, rng);
+  const Matrix<S> v = random_matrix<S>(Sk, d_v, rng);
+  const Matrix<S> d_out = random_matrix<S>(L, d_v, rng);
+  const Mask mask = Mask::causal(40) & Mask::key_padding_lengths({300}, Sk) &
+                    Mask::additive(random_matrix<double>(L, Sk, rng, 1.0));
+  attend::FusedWorkspace<S> ws(d_k, d_v);
+  attend::FusedBackwardWorkspace<S> bws(d_k, d_v);
+  Matrix<S> out(L, d_v), dq(L, d_k), dk(Sk, d_k), dv(Sk, d_v);
+  attend::Vector<S> lse(L);
+  const attend::detail::HeadMaskView view(mask, 0, 0);
+  Eigen::internal::set_is_malloc_allowed(false);
+  attend::detail::attention_head_fused<S>(q, k, v, mask, 0, 0, S(0.125), out, ws,
+                                          FusedKernel::automatic, lse.data());
+  attend::detail::attention_head_fused_backward<S>(q, k, v, out, lse.data(), d_out, view, S(0.125),
+                                                   dq, dk, dv, bws);
+  Eigen::internal::set_is_malloc_allowed(true);
+  require_grads_close(attend::AttentionGrads<S>{dq, dk, dv},
+                      reference_backward<S>(q, k, v, d_out, mask, 0.125), kBackwardTol<S>);
+}
+
+TEST_CASE("fused_backward.hpp: the workspace is O(block x d + block^2), independent of L and S",
+          "[fused][grad]") {
+  // 96 x 64 packed queries + 96 x 64 packed d_out + 2 x (128 x 96) tiles + 96 x 64 dq rows
+  // + 96 = 43104 floats (168 KiB), plus at most 64 bytes of alignment.
+  const attend::FusedBackwardWorkspace<float> ws(64, 64);
+  REQUIRE(ws.bytes() >= 43104 * sizeof(float));
+  REQUIRE(ws.bytes() <= 43104 * sizeof(float) + 64);
+  REQUIRE(ws.fits(64, 64));
+  REQUIRE_FALSE(ws.fits(65, 64));
+  REQUIRE_FALSE(attend::FusedBackwardWorkspace<float>().fits(0, 0));
+  attend::FusedBackwardWorkspace<float> grown(64, 64);
+  grown.reserve(128, 8);
+  REQUIRE(grown.fits(128, 64));
+}
+
+TEMPLATE_TEST_CASE(
+    "fused_backward.hpp: tensor form equals the reference per head, any thread count",
+    "[fused][grad]", float, double) {
+  using S = TestType;
+  attend::Rng rng(17);
+  const Index B = 2, H = 3, L = 101, Sk = 140, d_k = 16, d_v = 24;
+  const auto random_tensor = [&rng](attend::Shape shape) {
+    Tensor<S> t(shape);
+    attend::fill_uniform(t.flat(), 1.0, rng);
+    return t;
+  };
+  const Tensor<S> q = random_tensor({B, H, L, d_k});
+  const Tensor<S> k = random_tensor({B, H, Sk, d_k});
+  const Tensor<S> v = random_tensor({B, H, Sk, d_v});
+  const Tensor<S> d_out = random_tensor({B, H, L, d_v});
+  Tensor<bool> per_batch({B, 1, L, Sk});
+  for (Index i = 0; i < per_batch.size(); ++i) per_batch.flat()[i] = rng.uniform() < 0.3;
+  Tensor<double> per_head({H, L, Sk});
+  attend::fill_uniform(per_head.flat(), 2.0, rng);
+  const std::vector<std::pair<std::string, Mask>> masks = {
+      {"none", Mask()},
+      {"key padding", Mask::key_padding_lengths({20, 140}, Sk)},
+      {"deny [B, 1, L, S]", Mask::deny(per_batch)},
+      {"additive [H, L, S] & causal", Mask::additive(per_head) & Mask::causal(4)}};
+  const double scale = 1.0 / std::sqrt(double(d_k));
+  for (const auto& [name, mask] : masks) {
+    INFO("mask " << name);
+    Tensor<S> lse;
+    const Tensor<S> out =
+        attend::scaled_dot_product_attention_fused(q, k, v, mask, std::nullopt, &lse);
+    REQUIRE(lse.shape() == attend::Shape{B, H, L});
+    const attend::AttentionTensorGrads<S> got =
+        attend::scaled_dot_product_attention_fused_backward(q, k, v, out, lse, d_out, mask);
+    REQUIRE(got.dq.shape() == q.shape());
+    REQUIRE(got.dk.shape() == k.shape());
+    REQUIRE(got.dv.shape() == v.shape());
+    const auto ref = attend::scaled_dot_product_attention(q, k, v, mask);  // with weights
+    attend::FusedBackwardWorkspace<S> ws(d_k, d_v);
+    for (Index b = 0; b < B; ++b) {
+      for (Index h = 0; h < H; ++h) {
+        INFO("b " << b << ", h " << h);
+        attend::AttentionCache<S> cache;
+        cache.weights = ref.attn_weights.matrix(b, h);
+        cache.scale = scale;
+        const Matrix<S> qm = q.matrix(b, h), km = k.matrix(b, h), vm = v.matrix(b, h);
+        const Matrix<S> dom = d_out.matrix(b, h);
+        require_grads_close(attend::AttentionGrads<S>{got.dq.matrix(b, h), got.dk.matrix(b, h),
+                                                      got.dv.matrix(b, h)},
+                            attend::scaled_dot_product_attention_backward(qm, km, vm, cache, dom),
+                            kBackwardTol<S>);
+        // One head at a time through the detail kernel: the same bits.
+        Matrix<S> dq(L, d_k), dk(Sk, d_k), dv(Sk, d_v);
+        attend::detail::attention_head_fused_backward<S>(
+            qm, km, vm, Matrix<S>(out.matrix(b, h)), lse.data() + (b * H + h) * L, dom,
+            attend::detail::HeadMaskView(mask, b, h), S(scale), dq, dk, dv, ws);
+        REQUIRE(dq == Matrix<S>(got.dq.matrix(b, h)));
+        REQUIRE(dk == Matrix<S>(got.dk.matrix(b, h)));
+        REQUIRE(dv == Matrix<S>(got.dv.matrix(b, h)));
+      }
+    }
+#if defined(_OPENMP)
+    const int saved = omp_get_max_threads();
+    omp_set_num_threads(1);
+    const auto one =
+        attend::scaled_dot_product_attention_fused_backward(q, k, v, out, lse, d_out, mask);
+    omp_set_num_threads(2);
+    const auto two =
+        attend::scaled_dot_product_attention_fused_backward(q, k, v, out, lse, d_out, mask);
+    omp_set_num_threads(saved);
+    const auto same = [](const Tensor<S>& a, const Tensor<S>& b) {
+      return std::memcmp(a.data(), b.data(), sizeof(S) * std::size_t(a.size())) == 0;
+    };
+    REQUIRE(same(one.dq, two.dq));
+    REQUIRE(same(one.dk, two.dk));
+    REQUIRE(same(one.dv, two.dv));
+#endif
+  }
+  // Rank 3 ([N, L, d], N in the H slot) equals rank 4 reshaped.
+  Tensor<S> lse4;
+  const Tensor<S> out4 =
+      attend::scaled_dot_product_attention_fused(q, k, v, Mask::causal(), {}, &lse4);
+  const auto g4 = attend::scaled_dot_product_attention_fused_backward(q, k, v, out4, lse4, d_out,
+                                                                      Mask::causal());
+  const auto g3 = attend::scaled_dot_product_attention_fused_backward(
+      q.reshaped({B * H, L, d_k}), k.reshaped({B * H, Sk, d_k}), v.reshaped({B * H, Sk, d_v}),
+      out4.reshaped({B * H, L, d_v}), lse4.reshaped({B * H, L}), d_out.reshaped({B * H, L, d_v}),
+      Mask::causal());
+  REQUIRE(g3.dq.as_matrix() == g4.dq.as_matrix());
+  REQUIRE(g3.dk.as_matrix() == g4.dk.as_matrix());
+  REQUIRE(g3.dv.as_matrix() == g4.dv.as_matrix());
+}
+
+TEMPLATE_TEST_CASE("fused_backward.hpp: argument errors name the argument and shapes",
+                   "[fused][grad]", float, double) {
+  using S = TestType;
+  using attend::scaled_dot_product_attention_fused_backward;
+  using attend::shape_error;
+  using attend::value_error;
+  const Matrix<S> q = Matrix<S>::Ones(5, 16), k = Matrix<S>::Ones(7, 16);
+  const Matrix<S> v = Matrix<S>::Ones(7, 8), out = Matrix<S>::Ones(5, 8);
+  const Matrix<S> d_out = Matrix<S>::Ones(5, 8);
+  const attend::Vector<S> lse = attend::Vector<S>::Zero(5);
+  const Matrix<S> k_bad = Matrix<S>::Ones(7, 12);
+  REQUIRE_THROWS_AS(scaled_dot_product_attention_fused_backward(q, k_bad, v, out, lse, d_out),
+                    shape_error);
+  REQUIRE_THROWS_WITH(scaled_dot_product_attention_fused_backward(q, k_bad, v, out, lse, d_out),
+                      "scaled_dot_product_attention_fused_backward: key is [7, 12], expected "
+                      "[S, 16] (d_k of query)");
+  const Matrix<S> out_bad = Matrix<S>::Ones(4, 8);
+  REQUIRE_THROWS_AS(scaled_dot_product_attention_fused_backward(q, k, v, out_bad, lse, d_out),
+                    shape_error);
+  REQUIRE_THROWS_WITH(scaled_dot_product_attention_fused_backward(q, k, v, out_bad, lse, d_out),
+                      "scaled_dot_product_attention_fused_backward: out is [4, 8], expected "
+                      "[5, 8] ([L, d_v])");
+  const attend::Vector<S> lse_bad = attend::Vector<S>::Zero(3);
+  REQUIRE_THROWS_AS(scaled_dot_product_attention_fused_backward(q, k, v, out, lse_bad, d_out),
+                    shape_error);
+  REQUIRE_THROWS_WITH(scaled_dot_product_attention_fused_backward(q, k, v, out, lse_bad, d_out),
+                      "scaled_dot_product_attention_fused_backward: lse is [3], expected [5] "
+                      "(L of query)");
+  const Matrix<S> d_out_bad = Matrix<S>::Ones(5, 7);
+  REQUIRE_THROWS_AS(scaled_dot_product_attention_fused_backward(q, k, v, out, lse, d_out_bad),
+                    shape_error);
+  REQUIRE_THROWS_WITH(scaled_dot_product_attention_fused_backward(q, k, v, out, lse, d_out_bad),
+                      "scaled_dot_product_attention_fused_backward: d_out is [5, 7], expected "
+                      "[5, 8] ([L, d_v])");
+  const Mask small = Mask::deny(attend::BoolMatrix::Zero(3, 4));
+  REQUIRE_THROWS_AS(scaled_dot_product_attention_fused_backward(q, k, v, out, lse, d_out, small),
+                    shape_error);
+  REQUIRE_THROWS_WITH(scaled_dot_product_attention_fused_backward(q, k, v, out, lse, d_out, small),
+                      "scaled_dot_product_attention_fused_backward: mask is [1, 1, 3, 4], "
+                      "expected broadcastable to [1, 1, 5, 7]");
+  REQUIRE_THROWS_AS(
+      scaled_dot_product_attention_fused_backward(q, k, v, out, lse, d_out, Mask(), inf<double>),
+      value_error);
+
+  const Tensor<S> tq({2, 3, 5, 16}), tk({2, 3, 7, 16}), tv({2, 3, 7, 8}), to({2, 3, 5, 8});
+  const Tensor<S> tl({2, 3, 5});
+  const Tensor<S> to_bad({2, 3, 5, 9});
+  REQUIRE_THROWS_AS(scaled_dot_product_attention_fused_backward(tq, tk, tv, to_bad, tl, to),
+                    shape_error);
+  REQUIRE_THROWS_WITH(scaled_dot_product_attention_fused_backward(tq, tk, tv, to_bad, tl, to),
+                      "scaled_dot_product_attention_fused_backward: output is [2, 3, 5, 9], "
+                      "expected [2, 3, 5, 8] ([..., L, d_v])");
+  const Tensor<S> tl_bad({2, 3, 5, 1});
+  REQUIRE_THROWS_AS(scaled_dot_product_attention_fused_backward(tq, tk, tv, to, tl_bad, to),
+                    shape_error);
+  REQUIRE_THROWS_WITH(scaled_dot_product_attention_fused_backward(tq, tk, tv, to, tl_bad, to),
+                      "scaled_dot_product_attention_fused_backward: lse is [2, 3, 5, 1], "
+                      "expected [2, 3, 5] ([..., L])");
+  const Tensor<S> td_bad({2, 3, 4, 8});
+  REQUIRE_THROWS_AS(scaled_dot_product_attention_fused_backward(tq, tk, tv, to, tl, td_bad),
+                    shape_error);
+  REQUIRE_THROWS_WITH(scaled_dot_product_attention_fused_backward(tq, tk, tv, to, tl, td_bad),
+                      "scaled_dot_product_attention_fused_backward: d_output is [2, 3, 4, 8], "
+                      "expected [2, 3, 5, 8] ([..., L, d_v])");
+  const Tensor<S> tk_bad({2, 3, 7, 12});
+  REQUIRE_THROWS_AS(scaled_dot_product_attention_fused_backward(tq, tk_bad, tv, to, tl, to),
+                    shape_error);
+  REQUIRE_THROWS_WITH(scaled_dot_product_attention_fused_backward(tq, tk_bad, tv, to, tl, to),
+                      "scaled_dot_product_attention_fused_backward: key is [2, 3, 7, 12], "
+                      "expected [2, 3, S, 16]");
 }

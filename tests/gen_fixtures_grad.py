@@ -10,7 +10,8 @@ Usage (Debian's python3-torch; the pyenv `python3` has no torch):
 
 Files: tests/data/grad_multihead_attention/<case>_<f32|f64>.safetensors (module
 `multihead_attention`), tests/data/grad_embedding/... (module `embedding`) and
-tests/data/grad_transformer_encoder_layer/... (module `transformer_encoder_layer`). Each case holds the forward case of FIXTURES.md (parameters, `input.`,
+tests/data/grad_transformer_encoder_layer/... (module `transformer_encoder_layer`) and
+tests/data/grad_lstm/... (module `lstm`). Each case holds the forward case of FIXTURES.md (parameters, `input.`,
 `expected.`) plus `upstream.<output>` and the gradients `grad.<parameter>` and
 `grad.input.<name>` of L = sum over outputs of sum(<output> * upstream.<output>),
 computed by torch autograd in the case's dtype. For self-attention (no key/value in the
@@ -67,6 +68,15 @@ TOL_GRAD_EMBEDDING = {F32: (1e-6, 1e-7), F64: (1e-13, 1e-14)}
 # for multihead_attention. Double: torch 0.018 of the double defaults, attend 5.3e-15.
 TOL_GRAD_ENCODER = {F32: (1e-4, 1e-5), F64: (1e-12, 1e-13)}
 
+
+# lstm gradients (2 layers, T = 5): backpropagation through time chains per step one
+# [B, 4N] x [4N, N] product and the gate derivatives, over 5 steps and 2 stacked layers;
+# values O(1), parameter gradients sum over T * B <= 20 rows. Measured: torch float32 vs
+# the float64 explicit-formula autograd reaches 0.0091 of these (two_layers_bidirectional_
+# lengths); attend's float BPTT differs from the stored values by up to 4.8e-7 absolute,
+# < 0.05 of atol alone. Same float tolerances as the other gradient cases, so one rule
+# covers grad_*/ (README). Double: torch 0.0012 of the double defaults, attend 1.0e-15.
+TOL_GRAD_LSTM = {F32: (1e-4, 1e-5), F64: (1e-12, 1e-13)}
 
 def write_case(out_dir, folder, module, case, dtype, tensors, options, tol, description, written):
     floats = {t.dtype for t in tensors.values() if t.is_floating_point()}
@@ -321,6 +331,76 @@ def gen_encoder_layer(out_dir, written, worst):
                        description, written)
 
 
+def gen_lstm(out_dir, written, worst):
+    module, folder = "lstm", "grad_lstm"
+    # spec: L layers, T, I, N, lengths (B = len) or B, bf batch_first, bidir, h0 (h_0, c_0 given)
+    cases = [
+        ("two_layers", dict(L=2, B=3, h0=True),
+         "2-layer LSTM, input [T=5, B=3, 4], hidden 3, h_0 and c_0 given; upstream.output, "
+         "upstream.h_n and upstream.c_n: grad of every parameter, input, h_0 and c_0"),
+        ("two_layers_bidirectional_lengths", dict(L=2, bidir=True, bf=True, h0=True,
+                                                  lengths=[3, 5, 1, 4]),
+         "2-layer bidirectional LSTM, batch_first input [B=4, T=5, 4], hidden 3, h_0 and c_0 "
+         "given, packed lengths [3, 5, 1, 4] (input.lengths; random values at padded steps, "
+         "whose grad.input is 0)"),
+    ]
+    for case, spec, description in cases:
+        gf.seed_for(folder, case)
+        layers, T, I, N = spec["L"], spec.get("T", 5), spec.get("I", 4), spec.get("N", 3)
+        lengths = spec.get("lengths")
+        B = len(lengths) if lengths else spec["B"]
+        bf, bidir = spec.get("bf", False), spec.get("bidir", False)
+        D = 2 if bidir else 1
+        mod = torch.nn.LSTM(I, N, num_layers=layers, batch_first=bf, bidirectional=bidir,
+                            dtype=F64).eval()
+        x64 = gf.randn(*((B, T, I) if bf else (T, B, I)))
+        h064, c064 = gf.randn(layers * D, B, N), gf.randn(layers * D, B, N)
+        up_out64 = gf.randn(*((B, T, D * N) if bf else (T, B, D * N)))
+        up_h64, up_c64 = gf.randn(layers * D, B, N), gf.randn(layers * D, B, N)
+        options = {"input_size": I, "hidden_size": N, "num_layers": layers}
+        if bf:
+            options["batch_first"] = True
+        if bidir:
+            options["bidirectional"] = True
+        for dtype in (F32, F64):
+            m = copy.deepcopy(mod).to(dtype)
+            x = x64.to(dtype).requires_grad_(True)
+            h0 = h064.to(dtype).requires_grad_(True)
+            c0 = c064.to(dtype).requires_grad_(True)
+            if lengths:
+                packed = torch.nn.utils.rnn.pack_padded_sequence(
+                    x, torch.tensor(lengths, dtype=torch.int64), batch_first=bf,
+                    enforce_sorted=False)
+                out_p, (h_n, c_n) = m(packed, (h0, c0))
+                out, _ = torch.nn.utils.rnn.pad_packed_sequence(out_p, batch_first=bf,
+                                                                total_length=T)
+            else:
+                out, (h_n, c_n) = m(x, (h0, c0))
+            up_out, up_h, up_c = up_out64.to(dtype), up_h64.to(dtype), up_c64.to(dtype)
+            ((out * up_out).sum() + (h_n * up_h).sum() + (c_n * up_c).sum()).backward()
+            tensors = {n: p.detach().clone() for n, p in m.named_parameters()}
+            for n, p in m.named_parameters():
+                tensors["grad." + n] = p.grad.detach().clone()
+            tensors["input.input"] = x.detach().clone()
+            tensors["input.h_0"] = h0.detach().clone()
+            tensors["input.c_0"] = c0.detach().clone()
+            if lengths:
+                tensors["input.lengths"] = torch.tensor(lengths, dtype=torch.int64)
+            tensors["expected.output"] = out.detach().contiguous()
+            tensors["expected.h_n"] = h_n.detach().contiguous()
+            tensors["expected.c_n"] = c_n.detach().contiguous()
+            tensors["upstream.output"] = up_out
+            tensors["upstream.h_n"] = up_h
+            tensors["upstream.c_n"] = up_c
+            tensors["grad.input.input"] = x.grad.detach().clone()
+            tensors["grad.input.h_0"] = h0.grad.detach().clone()
+            tensors["grad.input.c_0"] = c0.grad.detach().clone()
+            what = "%s/%s_%s" % (folder, case, gf.DTYPE_TAG[dtype])
+            cross_check(module, options, tensors, TOL_GRAD_LSTM, dtype, what, worst)
+            write_case(out_dir, folder, module, case, dtype, tensors, options, TOL_GRAD_LSTM,
+                       description, written)
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--out", default=gf.DEFAULT_OUT, help="output folder (default tests/data)")
@@ -331,6 +411,7 @@ def main():
         gen_mha(args.out, written, worst)
         gen_embedding(args.out, written, worst)
         gen_encoder_layer(args.out, written, worst)
+        gen_lstm(args.out, written, worst)
     except gf.FixtureError as e:
         sys.exit("gen_fixtures_grad: %s" % e)
     for (module, tag), (ratio, what) in sorted(worst.items()):

@@ -1,6 +1,7 @@
 // SPDX-License-Identifier: MIT
 // Conformance gradient cases (FIXTURES.md `upstream.` and `grad.` tensors): forward plus
-// backward of multihead_attention, embedding and transformer_encoder_layer.
+// backward of multihead_attention, embedding, transformer_encoder_layer and the recurrent
+// stacks rnn, lstm and gru (backpropagation through time).
 //
 // Wiring (runner.hpp): run_case_bytes calls `run_grad_case<S>(c, out)` for a case holding
 // upstream./grad. tensors (UNSUPPORTED when it returns false, i.e. for a module without a
@@ -14,7 +15,10 @@
 #include "attend/attention/multihead_backward.hpp"
 #include "attend/core/tensor.hpp"
 #include "attend/embedding/embedding.hpp"
+#include "attend/rnn/cells.hpp"
+#include "attend/rnn/recurrent.hpp"
 #include "attend/train/encoder_layer_backward.hpp"
+#include "attend/train/recurrent_backward.hpp"
 #include "attend/transformer/encoder_layer.hpp"
 
 #include <algorithm>
@@ -37,11 +41,14 @@ inline void require_layer_parameters(const Case& c, const TransformerLayerOption
                                      const std::string& prefix, bool decoder);
 template <typename S>
 Mask read_optional_mask(const Case& c, const std::string& input, Index heads, bool key_padding);
+// Of rnn_cases.hpp, which may likewise be compiled after this file.
+inline Nonlinearity read_nonlinearity(const Case& c);
 
 /// Whether run_grad_case handles gradient cases of `module`.
 inline bool grad_module_supported(const std::string& module) {
   return module == "multihead_attention" || module == "embedding" ||
-         module == "transformer_encoder_layer";
+         module == "transformer_encoder_layer" || module == "rnn" || module == "lstm" ||
+         module == "gru";
 }
 
 /// Rejects `upstream.` tensors other than those of `known` outputs: an upstream gradient
@@ -237,6 +244,67 @@ void run_encoder_layer_grad(const Case& c, Outputs<S>& out) {
   });
 }
 
+/// rnn / lstm / gru: recurrent_forward and recurrent_backward (BPTT) with the upstream
+/// gradients of output, h_n and c_n; grad.<parameter>, grad.input.input, .h_0, .c_0.
+template <typename S, template <typename> class CellType>
+void run_recurrent_grad(const Case& c, Outputs<S>& out) {
+  const bool lstm = c.module == "lstm";
+  allow_options(c, {"input_size", "hidden_size", "num_layers", "bias", "batch_first",
+                    "bidirectional", "nonlinearity", "dropout", "proj_size"});
+  allow_inputs(c, {"input", "h_0", "c_0", "lengths"});
+  if (lstm) {
+    allow_upstreams(c, {"output", "h_n", "c_n"});
+  } else {
+    allow_upstreams(c, {"output", "h_n"});
+  }
+  ignore_dropout(c, "dropout");
+  if (opt_int(c, "proj_size").value_or(0) != 0) throw unsupported("option 'proj_size' != 0");
+  RecurrentOptions o;
+  o.input_size = opt_required_int(c, "input_size");
+  o.hidden_size = opt_required_int(c, "hidden_size");
+  o.num_layers = opt_int(c, "num_layers").value_or(1);
+  o.bias = opt_bool(c, "bias", true);
+  o.batch_first = opt_bool(c, "batch_first", false);
+  o.bidirectional = opt_bool(c, "bidirectional", false);
+  if (c.module == "rnn") o.nonlinearity = read_nonlinearity(c);
+  Recurrent<S, CellType> layer(o);
+  layer.load_state_dict(*c.st);
+  RecurrentState<S> initial;
+  if (c.st->contains("input.h_0")) initial.h = c.st->get<S>("input.h_0");
+  if (c.st->contains("input.c_0")) initial.c = c.st->get<S>("input.c_0");
+  std::vector<Index> lengths;
+  if (c.st->contains("input.lengths")) {
+    const Tensor<std::int64_t> l = c.st->get<std::int64_t>("input.lengths");
+    if (l.rank() != 1) {
+      throw shape_error("input.lengths is " + attend::detail::shape_string(l.shape()) +
+                        ", expected [B]");
+    }
+    lengths.assign(l.data(), l.data() + l.size());
+  }
+  RecurrentCache<S> cache;
+  RecurrentOutput<S> r =
+      recurrent_forward(layer, c.st->get<S>("input.input"), initial, lengths, &cache);
+  const Tensor<S> d_out = upstream_or_zeros<S>(c, "output", r.output.shape());
+  const Tensor<S> d_h = upstream_or_zeros<S>(c, "h_n", r.h_n.shape());
+  const Tensor<S> d_c = lstm ? upstream_or_zeros<S>(c, "c_n", r.c_n.shape()) : Tensor<S>();
+  RecurrentGrad<S> g;
+  RecurrentInputGrads<S> d = recurrent_backward(layer, cache, d_out, d_h, d_c, g);
+  out.emplace("output", std::move(r.output));
+  out.emplace("h_n", std::move(r.h_n));
+  if (lstm) out.emplace("c_n", std::move(r.c_n));
+  out.emplace("grad.input.input", std::move(d.d_input));
+  if (initial.h.size() != 0) out.emplace("grad.input.h_0", std::move(d.d_h0));
+  if (initial.c.size() != 0) out.emplace("grad.input.c_0", std::move(d.d_c0));
+  named_parameters(layer, g, [&](const std::string& name, auto& /*value*/, auto& grad) {
+    using Plain = std::decay_t<decltype(grad)>;
+    if constexpr (Plain::ColsAtCompileTime == 1) {
+      out.emplace("grad." + name, vector_tensor<S>(grad));
+    } else {
+      out.emplace("grad." + name, Tensor<S>::from_matrix(grad));
+    }
+  });
+}
+
 /// Runs a gradient case: the forward outputs ("output", ...) and the gradients
 /// ("grad.<parameter>", "grad.input.<name>") of L = sum over outputs of
 /// sum(output * upstream.output). \returns false for a module without backward support.
@@ -254,6 +322,12 @@ bool run_grad_case(const Case& c, Outputs<S>& out) {
     run_embedding_grad<S>(c, out);
   } else if (c.module == "transformer_encoder_layer") {
     run_encoder_layer_grad<S>(c, out);
+  } else if (c.module == "lstm") {
+    run_recurrent_grad<S, LSTMCell>(c, out);
+  } else if (c.module == "gru") {
+    run_recurrent_grad<S, GRUCell>(c, out);
+  } else if (c.module == "rnn") {
+    run_recurrent_grad<S, RNNCell>(c, out);
   } else {
     return false;
   }

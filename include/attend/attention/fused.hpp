@@ -99,10 +99,11 @@ class FusedWorkspace {
 namespace detail {
 
 /// Fused attention of query rows r0..r0+nq-1 of one head (a slice of the output). No checks.
+/// \param lse [L] the head's log-sum-exp per query (rows r0.. written), or null
 template <typename S>
 void attention_rows_fused(const MatrixCRef<S>& q, const MatrixCRef<S>& k, const MatrixCRef<S>& v,
                           const HeadMaskView& mask, S scale, Index r0, Index nq, MatrixRef<S> out,
-                          FusedWorkspace<S>& ws, FusedKernel kernel) {
+                          FusedWorkspace<S>& ws, FusedKernel kernel, S* lse = nullptr) {
   FusedBlockArgs<S> a = ws.args(q.cols(), v.cols());
   a.ldq = q.outerStride();
   a.k = k.data();
@@ -115,6 +116,7 @@ void attention_rows_fused(const MatrixCRef<S>& q, const MatrixCRef<S>& k, const 
     const Index n = std::min(fused_block_rows, r0 + nq - i);
     a.q = q.data() + i * a.ldq;
     a.out = out.data() + i * a.ldo;
+    a.lse = lse ? lse + i : nullptr;
     fused_query_block<S>(a, mask, i, n, k.rows(), kernel);
   }
 }
@@ -127,22 +129,28 @@ void attention_rows_fused(const MatrixCRef<S>& q, const MatrixCRef<S>& k, const 
 /// \param q [L, d_k] \param k [S, d_k] \param v [S, d_v] \param out [L, d_v] (written)
 /// \param kernel `portable` forces the Eigen-packet tile code (otherwise AVX2/FMA kernels
 ///        for float on CPUs that have them)
+/// \param lse [L] if not null, receives `log sum_j exp(scale q_i . k_j + mask_ij)` per query
+///        (natural log; -inf for a fully masked row): what the backward needs
 /// \note Online softmax: Milakov & Gimelshein 2018; tiling: Dao et al. 2022 (FlashAttention).
 template <typename S>
 void attention_head_fused(const MatrixCRef<S>& q, const MatrixCRef<S>& k, const MatrixCRef<S>& v,
                           const Mask& mask, Index b, Index h, S scale, MatrixRef<S> out,
-                          FusedWorkspace<S>& ws, FusedKernel kernel = FusedKernel::automatic) {
+                          FusedWorkspace<S>& ws, FusedKernel kernel = FusedKernel::automatic,
+                          S* lse = nullptr) {
   eigen_assert(k.cols() == q.cols() && v.rows() == k.rows());
   eigen_assert(out.rows() == q.rows() && out.cols() == v.cols());
   if (!ws.fits(q.cols(), v.cols())) ws.reserve(q.cols(), v.cols());
-  attention_rows_fused<S>(q, k, v, HeadMaskView(mask, b, h), scale, 0, q.rows(), out, ws, kernel);
+  attention_rows_fused<S>(q, k, v, HeadMaskView(mask, b, h), scale, 0, q.rows(), out, ws, kernel,
+                          lse);
 }
 
 /// Tensor form with the tile code chosen by `kernel` (the public overload uses automatic).
+/// \param lse if not null, receives [..., L] (query's shape without d_k)
 template <typename S>
 Tensor<S> scaled_dot_product_attention_fused(const Tensor<S>& query, const Tensor<S>& key,
                                              const Tensor<S>& value, const Mask& mask,
-                                             std::optional<double> scale, FusedKernel kernel) {
+                                             std::optional<double> scale, FusedKernel kernel,
+                                             Tensor<S>* lse = nullptr) {
   const std::string who = "scaled_dot_product_attention_fused";
   const AttentionDims dims = check_attention_tensors(query, key, value, mask, scale, who);
   const Index H = dims.H, L = dims.L, Sk = dims.S, d_k = dims.d_k, d_v = dims.d_v;
@@ -150,6 +158,12 @@ Tensor<S> scaled_dot_product_attention_fused(const Tensor<S>& query, const Tenso
   Shape out_shape = query.shape();
   out_shape.back() = d_v;
   Tensor<S> output(out_shape);
+  if (lse) {
+    Shape lse_shape = query.shape();
+    lse_shape.pop_back();  // [..., L]
+    *lse = Tensor<S>(lse_shape);
+  }
+  S* const lse_data = lse ? lse->data() : nullptr;
 
   // Work items: (batch, head, query block). Each item's arithmetic is fixed by its own
   // rows alone, so the result is bit-identical for any number of threads.
@@ -163,7 +177,8 @@ Tensor<S> scaled_dot_product_attention_fused(const Tensor<S>& query, const Tenso
     const ConstMatrixMap<S> v(value.data() + n * Sk * d_v, Sk, d_v);
     MatrixMap<S> out(output.data() + n * L * d_v, L, d_v);
     attention_rows_fused<S>(q, k, v, HeadMaskView(mask, n / H, n % H), sc, r0,
-                            std::min(fused_block_rows, L - r0), out, ws, kernel);
+                            std::min(fused_block_rows, L - r0), out, ws, kernel,
+                            lse_data ? lse_data + n * L : nullptr);
   };
 #if defined(_OPENMP)
   std::vector<FusedWorkspace<S>> workspaces(static_cast<std::size_t>(omp_get_max_threads()));
@@ -187,15 +202,19 @@ Tensor<S> scaled_dot_product_attention_fused(const Tensor<S>& query, const Tenso
 /// \param q [L, d_k] queries \param k [S, d_k] keys \param v [S, d_v] values
 /// \param mask broadcastable to [1, 1, L, S] (causal, padding, deny/allow, additive)
 /// \param scale defaults to 1/sqrt(d_k)
+/// \param lse if not null, receives [L] the log-sum-exp of each query's masked, scaled
+///        scores (-inf for a fully masked row), for scaled_dot_product_attention_fused_backward
 /// \returns [L, d_v]; a query whose keys are all masked gets a zero row.
 /// \throws shape_error on inconsistent shapes; value_error on NaN/Inf inputs or scale.
 /// \note Equal to scaled_dot_product_attention up to rounding (a different summation
 ///       order). Extra memory: one FusedWorkspace (O(block x d)).
-/// \sa scaled_dot_product_attention (the reference, which can return the weights)
+/// \sa scaled_dot_product_attention (the reference, which can return the weights),
+///     scaled_dot_product_attention_fused_backward (fused_backward.hpp)
 template <typename DQ, typename DK, typename DV>
 Matrix<typename DQ::Scalar> scaled_dot_product_attention_fused(
     const Eigen::MatrixBase<DQ>& q, const Eigen::MatrixBase<DK>& k, const Eigen::MatrixBase<DV>& v,
-    const Mask& mask = Mask(), std::optional<double> scale = std::nullopt) {
+    const Mask& mask = Mask(), std::optional<double> scale = std::nullopt,
+    Vector<typename DQ::Scalar>* lse = nullptr) {
   using S = typename DQ::Scalar;
   static_assert(is_supported_scalar_v<S>,
                 "attend::scaled_dot_product_attention_fused: Scalar must be float or double");
@@ -204,13 +223,16 @@ Matrix<typename DQ::Scalar> scaled_dot_product_attention_fused(
   const MatrixCRef<S> qr(q), kr(k), vr(v);  // no copy for matrices, maps and heads
   Matrix<S> out(q.rows(), v.cols());
   FusedWorkspace<S> ws(q.cols(), v.cols());
-  detail::attention_head_fused<S>(qr, kr, vr, mask, 0, 0, sc, out, ws);
+  if (lse) lse->resize(q.rows());
+  detail::attention_head_fused<S>(qr, kr, vr, mask, 0, 0, sc, out, ws,
+                                  detail::FusedKernel::automatic, lse ? lse->data() : nullptr);
   return out;
 }
 
 /// Batched fused attention on tensors `[B, H, L, d]`, `[B, L, d]` or `[L, d]`, with the
 /// same shapes, mask broadcasting and checks as scaled_dot_product_attention.
 /// \param query [..., L, d_k] \param key [..., S, d_k] \param value [..., S, d_v]
+/// \param lse if not null, receives [..., L] the log-sum-exp per query (for the backward)
 /// \returns output [..., L, d_v]
 /// \throws shape_error on rank or extent mismatch; value_error on NaN/Inf or a bad scale.
 /// \note With OpenMP enabled, (batch, head, query block) items run in parallel, one
@@ -218,11 +240,12 @@ Matrix<typename DQ::Scalar> scaled_dot_product_attention_fused(
 template <typename S>
 Tensor<S> scaled_dot_product_attention_fused(const Tensor<S>& query, const Tensor<S>& key,
                                              const Tensor<S>& value, const Mask& mask = Mask(),
-                                             std::optional<double> scale = std::nullopt) {
+                                             std::optional<double> scale = std::nullopt,
+                                             Tensor<S>* lse = nullptr) {
   static_assert(is_supported_scalar_v<S>,
                 "attend::scaled_dot_product_attention_fused: Scalar must be float or double");
   return detail::scaled_dot_product_attention_fused(query, key, value, mask, scale,
-                                                    detail::FusedKernel::automatic);
+                                                    detail::FusedKernel::automatic, lse);
 }
 
 }  // namespace attend

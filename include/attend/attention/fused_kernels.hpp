@@ -157,6 +157,17 @@ void fused_query_block(const FusedBlockArgs<S>& a, const HeadMaskView& mask, Ind
     S* out = a.out + i * a.ldo;
     for (Index c = 0; c < a.d_v; ++c) out[c] = acc[c] * inv;
   }
+  if (a.lse) {
+    // For the backward: lse = ln sum_j exp(s_j) = m + ln l (m in log2 units on AVX2:
+    // sum_j 2^(s_j log2 e) = 2^m l, so lse = m ln 2 + ln l). Computed in double.
+    for (Index i = 0; i < nq; ++i) {
+      const double l = static_cast<double>(a.row_sum[i]);
+      a.lse[i] =
+          l > 0.0
+              ? static_cast<S>(static_cast<double>(a.row_max[i]) / Path::bias_factor + std::log(l))
+              : -std::numeric_limits<S>::infinity();
+    }
+  }
 }
 
 /// Runs one query block with the requested tile code.

@@ -1,6 +1,7 @@
 // SPDX-License-Identifier: MIT
 // The fused attention kernel's block sizes and arguments, and its portable tile code:
-// register-blocked micro-kernels on Eigen packets (any SIMD width Eigen was built for).
+// register-blocked micro-kernels on Eigen packets (any SIMD width Eigen was built for),
+// for the forward and for the backward (one rank-update kernel for its five products).
 #pragma once
 
 #include "attend/core/types.hpp"
@@ -32,6 +33,8 @@ struct FusedBlockArgs {
   Index ldv;
   S* out;  // [L, d_v]
   Index ldo;
+  S* lse;  // [L] log-sum-exp of each query's masked, scaled scores (row r0 first), natural
+           // log, -inf for a fully masked row; null when not requested (the usual case)
   Index d_k, d_v;
   S scale;  // multiplies q . k (already times log2(e) on the AVX2 path)
   // Workspace slices (see FusedWorkspace): 64-byte aligned.
@@ -196,5 +199,106 @@ struct FusedPortable {
     }
   }
 };
+
+// ---- the backward's tile code (fused_backward.hpp) ---------------------------------
+
+/// Rows of C per register block of fused_rank_update: R x 2 packets of accumulators plus
+/// 2 packets of B and a broadcast must fit the register file (32 with AVX-512, 16 with
+/// SSE/AVX on x86-64, 8 without SIMD).
+inline constexpr int fused_rank_rows = EIGEN_ARCH_DEFAULT_NUMBER_OF_REGISTERS >= 32   ? 8
+                                       : EIGEN_ARCH_DEFAULT_NUMBER_OF_REGISTERS >= 16 ? 6
+                                                                                      : 2;
+
+/// c[r][0:NV*P] (+)= sum_{j<n} a[r*ars + j*acs] * b[j][0:NV*P] for R rows of c (Eigen
+/// packets: R x NV accumulators in registers, b rows loaded once per j); Acc = false
+/// overwrites c instead of adding to it.
+template <typename S, bool Acc, Index AR, Index AC, int R, int NV>
+void fused_rank_update_kernel(const S* a, Index ars_rt, Index acs_rt, Index n, const S* b,
+                              Index ldb, S* c, Index ldc) {
+  const Index ars = AR ? AR : ars_rt, acs = AC ? AC : acs_rt;  // immediates when known
+  using Packet = typename FusedPortable<S>::Packet;            // as the forward's tile code
+  constexpr int P = FusedPortable<S>::P;
+  using Eigen::internal::ploadu;
+  using Eigen::internal::pmadd;
+  using Eigen::internal::pset1;
+  Packet acc[R][NV];
+  for (int r = 0; r < R; ++r)
+    for (int t = 0; t < NV; ++t)
+      acc[r][t] = Acc ? ploadu<Packet>(c + r * ldc + P * t) : pset1<Packet>(S(0));
+  for (Index j = 0; j < n; ++j) {
+    Packet bj[NV];
+    for (int t = 0; t < NV; ++t) bj[t] = ploadu<Packet>(b + j * ldb + P * t);
+    for (int r = 0; r < R; ++r) {
+      const Packet x = pset1<Packet>(a[r * ars + j * acs]);
+      for (int t = 0; t < NV; ++t) acc[r][t] = pmadd(x, bj[t], acc[r][t]);
+    }
+  }
+  for (int r = 0; r < R; ++r)
+    for (int t = 0; t < NV; ++t) Eigen::internal::pstoreu(c + r * ldc + P * t, acc[r][t]);
+}
+
+/// R rows of C[., ncols] (+)= A[., n] B[n, ncols]: double packets, single packets, then the
+/// columns past the last packet one by one.
+template <typename S, bool Acc, Index AR, Index AC, int R>
+void fused_rank_update_rows(const S* a, Index ars, Index acs, Index n, const S* b, Index ldb, S* c,
+                            Index ldc, Index ncols) {
+  constexpr Index P = FusedPortable<S>::P;
+  Index col = 0;
+  for (; col + 2 * P <= ncols; col += 2 * P)
+    fused_rank_update_kernel<S, Acc, AR, AC, R, 2>(a, ars, acs, n, b + col, ldb, c + col, ldc);
+  for (; col + P <= ncols; col += P)
+    fused_rank_update_kernel<S, Acc, AR, AC, R, 1>(a, ars, acs, n, b + col, ldb, c + col, ldc);
+  for (; col < ncols; ++col) {
+    for (int r = 0; r < R; ++r) {
+      S sum = Acc ? c[r * ldc + col] : S(0);
+      for (Index j = 0; j < n; ++j) sum += a[r * ars + j * acs] * b[j * ldb + col];
+      c[r * ldc + col] = sum;
+    }
+  }
+}
+
+/// The last `rows` (< fused_rank_rows) rows, by the largest register block that fits.
+template <typename S, bool Acc, Index AR, Index AC, int R>
+void fused_rank_update_tail(const S* a, Index ars, Index acs, Index rows, Index n, const S* b,
+                            Index ldb, S* c, Index ldc, Index ncols) {
+  if constexpr (R > 1) {
+    if (rows < R) {
+      fused_rank_update_tail<S, Acc, AR, AC, R - 1>(a, ars, acs, rows, n, b, ldb, c, ldc, ncols);
+      return;
+    }
+  }
+  fused_rank_update_rows<S, Acc, AR, AC, R>(a, ars, acs, n, b, ldb, c, ldc, ncols);
+}
+
+/// C[m, ncols] (+)= A[m, n] B[n, ncols], with A(r, j) = a[r*ars + j*acs] (either layout of
+/// a key-major tile, or K rows), B and C row-major with row strides ldb and ldc; Acc =
+/// false assigns; AR, AC, when not 0, are ars and acs known at compile time. No allocation,
+/// no Eigen GEMM (which allocates and spawns threads).
+template <typename S, bool Acc, Index AR = 0, Index AC = 0>
+void fused_rank_update(const S* a, Index ars, Index acs, Index m, Index n, const S* b, Index ldb,
+                       S* c, Index ldc, Index ncols) {
+  constexpr int R = fused_rank_rows;
+  Index r = 0;
+  for (; r + R <= m; r += R)
+    fused_rank_update_rows<S, Acc, AR, AC, R>(a + r * ars, ars, acs, n, b, ldb, c + r * ldc, ldc,
+                                              ncols);
+  if (r < m) {
+    fused_rank_update_tail<S, Acc, AR, AC, R - 1>(a + r * ars, ars, acs, m - r, n, b, ldb,
+                                                  c + r * ldc, ldc, ncols);
+  }
+}
+
+/// Packs rows r0..r0+nq-1 of x (x points at row r0) transposed and times `scale` into
+/// xt [cols, fused_block_rows]; lanes nq..nq_pad-1 are zero (nq_pad: nq rounded up to a
+/// packet, so score tiles run on whole packets).
+template <typename S>
+void fused_pack_transposed(const S* x, Index ldx, Index nq, Index nq_pad, Index cols, S scale,
+                           S* xt) {
+  for (Index p = 0; p < cols; ++p) {
+    S* dst = xt + p * fused_block_rows;
+    for (Index i = 0; i < nq; ++i) dst[i] = x[i * ldx + p] * scale;
+    std::fill(dst + nq, dst + nq_pad, S(0));
+  }
+}
 
 }  // namespace attend::detail
