@@ -98,7 +98,8 @@ valgrind: deps
 	$(CMAKE) --build $(BUILD)/gcc -j $(JOBS) --target attend-examples attend-conformance
 	mkdir -p $(BUILD)/valgrind
 	@cd $(BUILD)/valgrind && for example in $(EXAMPLES); do echo "== valgrind $$example"; \
-	  $(VALGRIND) ../gcc/bin/$$example > $$example.stdout || exit 1; done
+	  $(VALGRIND) ../gcc/bin/$$example $$(cat $(CURDIR)/examples/$$example.args 2>/dev/null) \
+	    > $$example.stdout || exit 1; done
 	@echo "== valgrind attend-conformance tests/data"
 	@$(VALGRIND) $(BUILD)/gcc/bin/attend-conformance tests/data > $(BUILD)/valgrind/conformance.stdout
 	@tail -n 1 $(BUILD)/valgrind/conformance.stdout
@@ -108,8 +109,10 @@ demo: deps
 	$(call configure,gcc,g++)
 	$(CMAKE) --build $(BUILD)/gcc -j $(JOBS) --target attend-examples
 	mkdir -p $(BUILD)/demo
-	@cd $(BUILD)/demo && if [ -x ../gcc/bin/tour ]; then ../gcc/bin/tour; else \
-	  for example in $(EXAMPLES); do echo "== $$example"; ../gcc/bin/$$example || exit 1; done; fi
+	@cd $(BUILD)/demo && ../gcc/bin/tour
+	@echo; echo "== bottleneck: the context-vector bottleneck, trained here (a shortened run;"
+	@echo "   docs/bottleneck.md has the full one: bottleneck --full)"
+	@cd $(BUILD)/demo && ../gcc/bin/bottleneck
 	@echo "(files the examples wrote are in $(BUILD)/demo)"
 
 bench: deps

@@ -1,7 +1,7 @@
 # SPDX-License-Identifier: MIT
 # Runs one example in a fresh directory and compares its stdout with <name>.expected.
 #
-#   cmake -DEXE=<program> -DWORK_DIR=<dir> [-DEXPECTED=<file>] -P attend_run_example.cmake
+#   cmake -DEXE=<program> -DWORK_DIR=<dir> [-DEXPECTED=<file>] [-DARGS="<words>"] -P attend_run_example.cmake
 #
 # The run fails when the program exits non-zero, or when EXPECTED exists and stdout
 # differs from it byte for byte. stdout is saved as WORK_DIR/<name>.stdout.
@@ -17,7 +17,8 @@ get_filename_component(name "${EXE}" NAME_WE)
 file(REMOVE_RECURSE "${WORK_DIR}")
 file(MAKE_DIRECTORY "${WORK_DIR}")
 
-execute_process(COMMAND "${EXE}" WORKING_DIRECTORY "${WORK_DIR}"
+separate_arguments(arguments UNIX_COMMAND "${ARGS}")
+execute_process(COMMAND "${EXE}" ${arguments} WORKING_DIRECTORY "${WORK_DIR}"
                 RESULT_VARIABLE rc OUTPUT_VARIABLE out ERROR_VARIABLE err)
 set(actual "${WORK_DIR}/${name}.stdout")
 file(WRITE "${actual}" "${out}")

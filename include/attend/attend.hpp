@@ -7,6 +7,7 @@
 // clang-format off
 #include "attend/core/errors.hpp"
 #include "attend/core/types.hpp"
+#include "attend/core/finite.hpp"
 #include "attend/core/random.hpp"
 #include "attend/core/tensor.hpp"
 
@@ -34,6 +35,7 @@
 #include "attend/attention/multihead_backward.hpp"
 #include "attend/attention/scaled_dot_product.hpp"
 #include "attend/attention/fused.hpp"
+#include "attend/attention/fused_backward.hpp"
 #include "attend/attention/multihead.hpp"
 #include "attend/attention/kv_cache.hpp"
 #include "attend/attention/grouped_query.hpp"
@@ -53,12 +55,20 @@
 #include "attend/transformer/state_dict_writer.hpp"
 #include "attend/transformer/seq2seq.hpp"
 
+#include "attend/train/alignment_backward.hpp"
+#include "attend/train/cell_backward.hpp"
 #include "attend/train/gradcheck.hpp"
 #include "attend/train/loss.hpp"
 #include "attend/train/parameters.hpp"
+#include "attend/train/decoder_layer_backward.hpp"
 #include "attend/train/encoder_layer_backward.hpp"
 #include "attend/train/optim.hpp"
 #include "attend/train/checkpoint.hpp"
+#include "attend/train/recurrent_backward.hpp"
+#include "attend/train/seq2seq_batch.hpp"
+#include "attend/train/seq2seq_backward.hpp"
+#include "attend/train/transformer_backward.hpp"
+#include "attend/train/transformer_seq2seq_backward.hpp"
 
 #include "attend/text/tokenizer.hpp"
 #include "attend/text/vocabulary.hpp"

@@ -1,7 +1,8 @@
 // SPDX-License-Identifier: MIT
 // Conformance gradient cases (FIXTURES.md `upstream.` and `grad.` tensors): forward plus
-// backward of multihead_attention, embedding, transformer_encoder_layer and the recurrent
-// stacks rnn, lstm and gru (backpropagation through time).
+// backward of multihead_attention, embedding, transformer_encoder_layer,
+// transformer_decoder_layer and the recurrent stacks rnn, lstm and gru (backpropagation
+// through time).
 //
 // Wiring (runner.hpp): run_case_bytes calls `run_grad_case<S>(c, out)` for a case holding
 // upstream./grad. tensors (UNSUPPORTED when it returns false, i.e. for a module without a
@@ -17,8 +18,10 @@
 #include "attend/embedding/embedding.hpp"
 #include "attend/rnn/cells.hpp"
 #include "attend/rnn/recurrent.hpp"
+#include "attend/train/decoder_layer_backward.hpp"
 #include "attend/train/encoder_layer_backward.hpp"
 #include "attend/train/recurrent_backward.hpp"
+#include "attend/transformer/decoder_layer.hpp"
 #include "attend/transformer/encoder_layer.hpp"
 
 #include <algorithm>
@@ -41,14 +44,16 @@ inline void require_layer_parameters(const Case& c, const TransformerLayerOption
                                      const std::string& prefix, bool decoder);
 template <typename S>
 Mask read_optional_mask(const Case& c, const std::string& input, Index heads, bool key_padding);
+template <typename S>
+TransformerDecoderLayerArgs read_decoder_args(const Case& c, Index nhead);
 // Of rnn_cases.hpp, which may likewise be compiled after this file.
 inline Nonlinearity read_nonlinearity(const Case& c);
 
 /// Whether run_grad_case handles gradient cases of `module`.
 inline bool grad_module_supported(const std::string& module) {
   return module == "multihead_attention" || module == "embedding" ||
-         module == "transformer_encoder_layer" || module == "rnn" || module == "lstm" ||
-         module == "gru";
+         module == "transformer_encoder_layer" || module == "transformer_decoder_layer" ||
+         module == "rnn" || module == "lstm" || module == "gru";
 }
 
 /// Rejects `upstream.` tensors other than those of `known` outputs: an upstream gradient
@@ -84,6 +89,20 @@ Tensor<S> vector_tensor(const Vector<S>& v) {
   Tensor<S> t({v.size()});
   t.flat() = v;
   return t;
+}
+
+/// Emits every parameter gradient of `m` as out["grad.<state-dict name>"], in PyTorch's
+/// shapes (a bias or a norm's weight 1-D, a weight matrix 2-D).
+template <typename S, typename Module, typename Grad>
+void emit_parameter_grads(Module& m, Grad& g, Outputs<S>& out) {
+  named_parameters(m, g, [&](const std::string& name, auto& /*value*/, auto& grad) {
+    using Plain = std::decay_t<decltype(grad)>;
+    if constexpr (Plain::ColsAtCompileTime == 1) {
+      out.emplace("grad." + name, vector_tensor<S>(grad));
+    } else {
+      out.emplace("grad." + name, Tensor<S>::from_matrix(grad));
+    }
+  });
 }
 
 template <typename S>
@@ -233,15 +252,38 @@ void run_encoder_layer_grad(const Case& c, Outputs<S>& out) {
   Tensor<S> d_src = transformer_encoder_layer_backward(layer, cache, dy, g);
   out.emplace("output", std::move(y));
   out.emplace("grad.input.src", std::move(d_src));
-  // Every parameter gradient under its state-dict name, in PyTorch's shapes.
-  named_parameters(layer, g, [&](const std::string& name, auto& /*value*/, auto& grad) {
-    using Plain = std::decay_t<decltype(grad)>;
-    if constexpr (Plain::ColsAtCompileTime == 1) {
-      out.emplace("grad." + name, vector_tensor<S>(grad));
-    } else {
-      out.emplace("grad." + name, Tensor<S>::from_matrix(grad));
-    }
-  });
+  emit_parameter_grads<S>(layer, g, out);
+}
+
+/// transformer_decoder_layer: built, loaded and masked as run_decoder_layer_case does;
+/// grad.<parameter>, grad.input.tgt and grad.input.memory (through the cross-attention's
+/// keys and values) of L = sum(output * upstream.output).
+template <typename S>
+void run_decoder_layer_grad(const Case& c, Outputs<S>& out) {
+  allow_options(c,
+                {"d_model", "nhead", "dim_feedforward", "dropout", "activation", "layer_norm_eps",
+                 "batch_first", "norm_first", "bias", "tgt_is_causal", "memory_is_causal"});
+  allow_inputs(c, {"tgt", "memory", "tgt_mask", "memory_mask", "tgt_key_padding_mask",
+                   "memory_key_padding_mask"});
+  allow_upstreams(c, {"output"});
+  const TransformerLayerOptions o = read_layer_options(c);
+  require_layer_parameters(c, o, "", true);
+  TransformerDecoderLayer<S> layer(o);
+  layer.load_state_dict(*c.st);
+  const TransformerDecoderLayerArgs a = read_decoder_args<S>(c, o.nhead);
+  const Tensor<S> tgt = c.st->get<S>("input.tgt");
+  const Tensor<S> memory = c.st->get<S>("input.memory");
+  // S = 0 memory positions would leave every cross-attention row fully masked.
+  no_empty_rows(memory, memory.rank() == 3 && o.batch_first ? 1 : 0);
+  TransformerDecoderLayerTrainingCache<S> cache;
+  Tensor<S> y = transformer_decoder_layer_forward(layer, tgt, memory, a, &cache);
+  const Tensor<S> dy = upstream_or_zeros<S>(c, "output", y.shape());
+  TransformerDecoderLayerGrad<S> g;
+  TransformerDecoderLayerInputGrads<S> d = transformer_decoder_layer_backward(layer, cache, dy, g);
+  out.emplace("output", std::move(y));
+  out.emplace("grad.input.tgt", std::move(d.d_tgt));
+  out.emplace("grad.input.memory", std::move(d.d_memory));
+  emit_parameter_grads<S>(layer, g, out);
 }
 
 /// rnn / lstm / gru: recurrent_forward and recurrent_backward (BPTT) with the upstream
@@ -295,14 +337,7 @@ void run_recurrent_grad(const Case& c, Outputs<S>& out) {
   out.emplace("grad.input.input", std::move(d.d_input));
   if (initial.h.size() != 0) out.emplace("grad.input.h_0", std::move(d.d_h0));
   if (initial.c.size() != 0) out.emplace("grad.input.c_0", std::move(d.d_c0));
-  named_parameters(layer, g, [&](const std::string& name, auto& /*value*/, auto& grad) {
-    using Plain = std::decay_t<decltype(grad)>;
-    if constexpr (Plain::ColsAtCompileTime == 1) {
-      out.emplace("grad." + name, vector_tensor<S>(grad));
-    } else {
-      out.emplace("grad." + name, Tensor<S>::from_matrix(grad));
-    }
-  });
+  emit_parameter_grads<S>(layer, g, out);
 }
 
 /// Runs a gradient case: the forward outputs ("output", ...) and the gradients
@@ -322,6 +357,8 @@ bool run_grad_case(const Case& c, Outputs<S>& out) {
     run_embedding_grad<S>(c, out);
   } else if (c.module == "transformer_encoder_layer") {
     run_encoder_layer_grad<S>(c, out);
+  } else if (c.module == "transformer_decoder_layer") {
+    run_decoder_layer_grad<S>(c, out);
   } else if (c.module == "lstm") {
     run_recurrent_grad<S, LSTMCell>(c, out);
   } else if (c.module == "gru") {
