@@ -6,7 +6,7 @@
 #                      tests under TSan (docs/reliability.md)
 #   make fuzz          fuzz each libFuzzer target for FUZZ_SECONDS (default 600)
 #   make valgrind      the examples and the conformance runner under valgrind memcheck
-#   make demo          build the examples and run the tour (or every example)
+#   make demo          build the examples, run the tour and a shortened bottleneck experiment
 #   make bench         Release build of attend-bench, results in build/bench.json
 #   make umbrella      regenerate include/attend/attend.hpp after adding a header
 #   make format        clang-format every source in place; make format-check only reports

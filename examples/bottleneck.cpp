@@ -36,8 +36,8 @@
 
 #include <algorithm>
 #include <atomic>
-#include <cmath>
 #include <chrono>
+#include <cmath>
 #include <cstdint>
 #include <cstdio>
 #include <cstring>
@@ -62,8 +62,8 @@ using Ids = std::vector<std::int64_t>;
 // ---- the tasks ---------------------------------------------------------------------------
 
 constexpr std::int64_t kPad = 0, kBos = 1, kEos = 2, kFirstSymbol = 3;
-constexpr Index kSymbols = 16;                       // distinct input symbols
-constexpr Index kVocab = kFirstSymbol + kSymbols;    // ids 0 .. 18
+constexpr Index kSymbols = 16;                     // distinct input symbols
+constexpr Index kVocab = kFirstSymbol + kSymbols;  // ids 0 .. 18
 constexpr Index kMinLength = 5, kMaxLength = 60;
 
 /// One example: source symbols and the expected output (the same, or reversed).
@@ -114,7 +114,8 @@ class Model {
   virtual Index parameter_count() = 0;
   /// One optimiser update on `batch`. \returns the mean cross-entropy before the update
   virtual double train_step(const Batch& batch, Index step) = 0;
-  /// Greedy decoding of exactly `source[i].size()` tokens for every source.
+  /// Greedy decoding of every source; the first `source[i].size()` output tokens are
+  /// scored (a shorter output's missing tokens count as wrong).
   virtual std::vector<Ids> decode(const std::vector<Ids>& source) = 0;
 };
 
@@ -131,10 +132,10 @@ struct Trainable {
 
 /// Sizes of the experiment's models (about 160k-170k parameters each with V = 19).
 constexpr Index kEmbedding = 32;
-constexpr Index kLstmHidden = 128;       // the bottleneck model
-constexpr Index kAttentionHidden = 96;   // the attention model (its decoder reads [emb; c])
+constexpr Index kLstmHidden = 128;      // the bottleneck model
+constexpr Index kAttentionHidden = 96;  // the attention model (its decoder reads [emb; c])
 constexpr Index kModelWidth = 64, kHeads = 4, kFeedForward = 128, kLayers = 2;  // transformer
-constexpr double kClipNorm = 1.0;        // global gradient norm, both recurrent models
+constexpr double kClipNorm = 1.0;  // global gradient norm, every model
 
 /// The LSTM encoder-decoder, without (the bottleneck) or with Bahdanau attention, trained
 /// with Adam and gradient clipping on the batched teacher-forced loss.
@@ -161,9 +162,11 @@ class RecurrentModel final : public Model {
   std::vector<Ids> decode(const std::vector<Ids>& source) override {
     std::vector<Ids> out;
     for (std::size_t i = 0; i < source.size(); i += 64) {  // 64 sequences per batch
-      const std::vector<Ids> part(source.begin() + static_cast<std::ptrdiff_t>(i),
-                                  source.begin() + static_cast<std::ptrdiff_t>(std::min(source.size(), i + 64)));
-      const std::vector<Ids> y = attend::seq2seq_greedy_decode(t_.model, part, kBos, kEos, kMaxLength + 1);
+      const std::vector<Ids> part(
+          source.begin() + static_cast<std::ptrdiff_t>(i),
+          source.begin() + static_cast<std::ptrdiff_t>(std::min(source.size(), i + 64)));
+      const std::vector<Ids> y =
+          attend::seq2seq_greedy_decode(t_.model, part, kBos, kEos, kMaxLength + 1);
       out.insert(out.end(), y.begin(), y.end());
     }
     return out;
@@ -214,7 +217,8 @@ class RecurrentModel final : public Model {
 /// Adam with the warmup + inverse-square-root schedule of the paper.
 class TransformerModel final : public Model {
  public:
-  explicit TransformerModel(std::uint64_t seed) : t_{attend::TransformerSeq2Seq<Scalar>(options(), seed), {}} {
+  explicit TransformerModel(std::uint64_t seed)
+      : t_{attend::TransformerSeq2Seq<Scalar>(options(), seed), {}} {
     attend::AdamOptions o;
     o.beta2 = 0.98;  // the paper's betas
     o.eps = 1e-9;
@@ -240,8 +244,9 @@ class TransformerModel final : public Model {
   std::vector<Ids> decode(const std::vector<Ids>& source) override {
     std::vector<Ids> out;
     for (std::size_t i = 0; i < source.size(); i += 64) {
-      const std::vector<Ids> part(source.begin() + static_cast<std::ptrdiff_t>(i),
-                                  source.begin() + static_cast<std::ptrdiff_t>(std::min(source.size(), i + 64)));
+      const std::vector<Ids> part(
+          source.begin() + static_cast<std::ptrdiff_t>(i),
+          source.begin() + static_cast<std::ptrdiff_t>(std::min(source.size(), i + 64)));
       const std::vector<Ids> y = decode_batch(part);
       out.insert(out.end(), y.begin(), y.end());
     }
@@ -286,7 +291,8 @@ class TransformerModel final : public Model {
     attend::Tensor<std::int64_t> src({B, S});
     src.fill(kPad);
     for (Index b = 0; b < B; ++b) {
-      for (Index t = 0; t < lengths[std::size_t(b)]; ++t) src(b, t) = source[std::size_t(b)][std::size_t(t)];
+      for (Index t = 0; t < lengths[std::size_t(b)]; ++t)
+        src(b, t) = source[std::size_t(b)][std::size_t(t)];
     }
     attend::TransformerArgs args;
     args.src_key_padding_mask = attend::Mask::key_padding_lengths(lengths, S);
@@ -340,7 +346,8 @@ Curve evaluate(Model& model, bool reverse, const Settings& s, std::uint64_t seed
     for (Index i = 0; i < s.test_per_length; ++i) {
       const Index lo = kMinLength + b * s.bucket;
       const Index hi = b + 1 == buckets ? kMaxLength : lo + s.bucket - 1;
-      const Index length = lo + static_cast<Index>(rng.next() % static_cast<std::uint64_t>(hi - lo + 1));
+      const Index length =
+          lo + static_cast<Index>(rng.next() % static_cast<std::uint64_t>(hi - lo + 1));
       const Example e = make_example(rng, length, reverse);
       sources.push_back(e.source);
       targets.push_back(e.target);
@@ -391,7 +398,8 @@ void run(Job& job, const Settings& s, std::uint64_t seed) {
   if (job.model == "attention" && job.reverse) {
     attend::Rng pick(seed + 11);
     job.align_source = make_example(pick, 16, true).source;
-    job.alignment = static_cast<RecurrentModel&>(*model).alignment(job.align_source, job.align_output);
+    job.alignment =
+        static_cast<RecurrentModel&>(*model).alignment(job.align_source, job.align_output);
   }
   job.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
 }
@@ -420,7 +428,8 @@ void run_all(std::vector<Job>& jobs, const Settings& s, std::uint64_t seed, unsi
 
 std::string symbol(std::int64_t id) {
   return id >= kFirstSymbol ? std::string(1, static_cast<char>('a' + (id - kFirstSymbol)))
-                            : id == kEos ? "</s>" : "?";
+         : id == kEos       ? "</s>"
+                            : "?";
 }
 
 }  // namespace
@@ -433,13 +442,19 @@ int main(int argc, char** argv) {
     long steps = 0;
     for (int i = 1; i < argc; ++i) {
       const std::string a = argv[i];
-      if (a == "--full") mode = "full";
-      else if (a == "--smoke") mode = "smoke";
-      else if (a == "--steps" && i + 1 < argc) steps = std::stol(argv[++i]);
-      else if (a == "--seed" && i + 1 < argc) seed = std::stoull(argv[++i]);
-      else if (a == "--threads" && i + 1 < argc) threads = static_cast<unsigned>(std::stoul(argv[++i]));
+      if (a == "--full")
+        mode = "full";
+      else if (a == "--smoke")
+        mode = "smoke";
+      else if (a == "--steps" && i + 1 < argc)
+        steps = std::stol(argv[++i]);
+      else if (a == "--seed" && i + 1 < argc)
+        seed = std::stoull(argv[++i]);
+      else if (a == "--threads" && i + 1 < argc)
+        threads = static_cast<unsigned>(std::stoul(argv[++i]));
       else {
-        std::fprintf(stderr, "usage: bottleneck [--full | --smoke] [--steps N] [--seed N] [--threads N]\n");
+        std::fprintf(stderr,
+                     "usage: bottleneck [--full | --smoke] [--steps N] [--seed N] [--threads N]\n");
         return 2;
       }
     }
@@ -461,14 +476,15 @@ int main(int argc, char** argv) {
         jobs.push_back(j);
       }
     }
-    std::printf("bottleneck (%s run): %ld updates of %ld sequences per model and task, %ld held-out\n"
-                "sequences per length bucket, lengths %ld..%ld, %ld symbols, seed %llu, %u threads\n",
-                mode.c_str(), long(s.train_steps), long(s.batch), long(s.test_per_length),
-                long(kMinLength), long(kMaxLength), long(kSymbols),
-                static_cast<unsigned long long>(seed), threads);
+    std::printf(
+        "bottleneck (%s run): %ld updates of %ld sequences per model and task, %ld held-out\n"
+        "sequences per length bucket, lengths %ld..%ld, %ld symbols, seed %llu, %u threads\n",
+        mode.c_str(), long(s.train_steps), long(s.batch), long(s.test_per_length), long(kMinLength),
+        long(kMaxLength), long(kSymbols), static_cast<unsigned long long>(seed), threads);
     const auto start = std::chrono::steady_clock::now();
     run_all(jobs, s, seed, std::max(1u, threads));
-    const double wall = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+    const double wall =
+        std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
 
     const char* order[] = {"lstm", "attention", "transformer"};
     const auto find = [&](const std::string& m, bool reverse) -> const Job& {
@@ -481,9 +497,10 @@ int main(int argc, char** argv) {
     for (const char* m : order) {
       const Job& c = find(m, false);
       const Job& r = find(m, true);
-      std::printf("%-12s %7ld parameters; loss copy %.3f -> %.3f (%.0f s), reverse %.3f -> %.3f (%.0f s)\n",
-                  m, long(c.parameters), c.first_loss, c.last_loss, c.seconds, r.first_loss,
-                  r.last_loss, r.seconds);
+      std::printf(
+          "%-12s %7ld parameters; loss copy %.3f -> %.3f (%.0f s), reverse %.3f -> %.3f (%.0f s)\n",
+          m, long(c.parameters), c.first_loss, c.last_loss, c.seconds, r.first_loss, r.last_loss,
+          r.seconds);
     }
     std::vector<examples::Panel> panels;
     const char* colours[] = {"#d95f02", "#1b9e77", "#7570b3"};
@@ -523,10 +540,18 @@ int main(int argc, char** argv) {
     examples::LabelledHeatmapOptions o;
     o.row_title = "output";
     o.col_title = "input";
-    examples::png::write("bottleneck_alignment.png", examples::labelled_heatmap(a.alignment, out, in, o));
-    std::printf("\nwrote bottleneck.svg (accuracy curves) and bottleneck_alignment.png (the attention\n"
-                "model's alignment reversing %s); %.0f s wall\n",
-                [&] { std::string w; for (const std::string& x : in) w += x; return w; }().c_str(), wall);
+    examples::png::write("bottleneck_alignment.png",
+                         examples::labelled_heatmap(a.alignment, out, in, o));
+    std::printf(
+        "\nwrote bottleneck.svg (accuracy curves) and bottleneck_alignment.png (the attention\n"
+        "model's alignment reversing %s); %.0f s wall\n",
+        [&] {
+          std::string w;
+          for (const std::string& x : in) w += x;
+          return w;
+        }()
+            .c_str(),
+        wall);
     return 0;
   } catch (const std::exception& e) {
     std::fprintf(stderr, "bottleneck: %s\n", e.what());

@@ -8,6 +8,7 @@
 #include "attend/core/tensor.hpp"
 #include "attend/core/types.hpp"
 #include "attend/embedding/embedding.hpp"
+#include "attend/embedding/learned_positional.hpp"
 #include "attend/io/safetensors.hpp"
 #include "attend/io/safetensors_writer.hpp"
 #include "attend/ops/activation.hpp"
@@ -483,6 +484,58 @@ TEMPLATE_TEST_CASE("embedding.hpp: backward rejects bad shapes and ids", "[train
   Tensor<std::int64_t> ids({2}, std::vector<std::int64_t>{0, 1});
   REQUIRE_THROWS_WITH(emb.backward(ids, Tensor<S>({2, 3}), dw),
                       "Embedding::backward: d_out is [2, 3], expected [2, 2]");
+}
+
+TEMPLATE_TEST_CASE("learned_positional.hpp: backward adds each row to its position by hand",
+                   "[train][grad]", float, double) {
+  using S = TestType;
+  attend::LearnedPositionalEmbedding<S> pos(5, 2);
+  // forward(2, 3) reads rows 3 and 4, so d_weight gets d_out's rows there:
+  // row 3 += [1, 2], row 4 += [3, 4]; a second call at first_position 2 with [[10, 20]]
+  // adds to row 2 only. Rows 0 and 1 stay 0.
+  Matrix<S> dw;
+  Matrix<S> up(2, 2);
+  up << 1, 2, 3, 4;
+  pos.backward(up, 3, dw);
+  Matrix<S> one(1, 2);
+  one << 10, 20;
+  pos.backward(one, 2, dw);
+  Matrix<S> want(5, 2);
+  want << 0, 0, 0, 0, 10, 20, 1, 2, 3, 4;
+  REQUIRE(dw == want);
+  pos.backward(up, 3, dw);  // accumulates: rows 3 and 4 doubled
+  want.bottomRows(2) *= S(2);
+  REQUIRE(dw == want);
+}
+
+TEST_CASE("learned_positional.hpp: backward matches central differences", "[train][grad]") {
+  attend::LearnedPositionalEmbedding<double> pos(7, 3, 5);
+  Rng rng(6);
+  const Matrix<double> up = random_matrix(4, 3, rng);
+  Matrix<double> dw;
+  pos.backward(up, 2, dw);
+  require_gradient(pos.weight, dw, [&] { return dot_loss(pos.forward(4, 2), up); });
+}
+
+TEMPLATE_TEST_CASE("learned_positional.hpp: backward rejects bad shapes and positions",
+                   "[train][error]", float, double) {
+  using S = TestType;
+  attend::LearnedPositionalEmbedding<S> pos(4, 2);
+  Matrix<S> dw;
+  REQUIRE_THROWS_AS(pos.backward(Matrix<S>::Zero(2, 3), 0, dw), attend::shape_error);
+  REQUIRE_THROWS_WITH(pos.backward(Matrix<S>::Zero(2, 3), 0, dw),
+                      "LearnedPositionalEmbedding::backward: d_out is [2, 3], expected [L, 2] "
+                      "(d_model)");
+  REQUIRE_THROWS_AS(pos.backward(Matrix<S>::Zero(3, 2), 2, dw), attend::index_error);
+  REQUIRE_THROWS_WITH(pos.backward(Matrix<S>::Zero(3, 2), 2, dw),
+                      "LearnedPositionalEmbedding::backward: positions [2, 5) are outside [0, 4) "
+                      "(max_len)");
+  REQUIRE(dw.size() == 0);  // nothing allocated or written before the failure
+  Matrix<S> wrong = Matrix<S>::Zero(3, 2);
+  REQUIRE_THROWS_WITH(pos.backward(Matrix<S>::Zero(1, 2), 0, wrong),
+                      "LearnedPositionalEmbedding::backward: d_weight is [3, 2], expected [4, 2] "
+                      "(max_len, d_model)");
+  REQUIRE(wrong.isZero(0));
 }
 
 // ========================================================================================

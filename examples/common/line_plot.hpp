@@ -67,8 +67,8 @@ inline void write_line_plots(const std::string& path, const std::vector<Panel>& 
     const double ox = W * static_cast<double>(p) + left;
     const auto px = [&](double x) { return ox + (x - x_min) / (x_max - x_min) * plot_w; };
     const auto py = [&](double y) {
-      const double t = (std::clamp(y, panel.y_min, panel.y_max) - panel.y_min) /
-                       (panel.y_max - panel.y_min);
+      const double t =
+          (std::clamp(y, panel.y_min, panel.y_max) - panel.y_min) / (panel.y_max - panel.y_min);
       return top + (1.0 - t) * plot_h;
     };
     svg += "<text x=\"" + detail::num(ox + plot_w / 2) + "\" y=\"18\" text-anchor=\"middle\" " +
@@ -76,9 +76,8 @@ inline void write_line_plots(const std::string& path, const std::vector<Panel>& 
     // Grid lines and y ticks at fifths of the range, x ticks at the first series' points.
     for (int i = 0; i <= 5; ++i) {
       const double y = panel.y_min + (panel.y_max - panel.y_min) * i / 5.0;
-      svg += "<line x1=\"" + detail::num(ox) + "\" x2=\"" + detail::num(ox + plot_w) +
-             "\" y1=\"" + detail::num(py(y)) + "\" y2=\"" + detail::num(py(y)) +
-             "\" stroke=\"#ddd\"/>\n";
+      svg += "<line x1=\"" + detail::num(ox) + "\" x2=\"" + detail::num(ox + plot_w) + "\" y1=\"" +
+             detail::num(py(y)) + "\" y2=\"" + detail::num(py(y)) + "\" stroke=\"#ddd\"/>\n";
       svg += "<text x=\"" + detail::num(ox - 5) + "\" y=\"" + detail::num(py(y) + 4) +
              "\" text-anchor=\"end\">" + detail::tick(y) + "</text>\n";
     }

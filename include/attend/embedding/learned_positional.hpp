@@ -56,21 +56,50 @@ class LearnedPositionalEmbedding {
   /// \throws index_error when L or first_position is negative, or a position falls outside
   ///   [0, max_len).
   Matrix<Scalar> forward(Index L, Index first_position = 0) const {
+    check_range(L, first_position, "LearnedPositionalEmbedding::forward");
+    return weight.middleRows(first_position, L);
+  }
+
+  /// Gradient of `forward(L, first_position)`: row t of `d_out` is added to row
+  /// first_position + t of `d_weight` (accumulated; an empty `d_weight` is zeroed first).
+  /// A caller that added the positions to a batch sums its rows' gradients per position
+  /// first (the batch shares one table).
+  /// \param d_out [L, d_model] gradient of the forward's output
+  /// \param first_position as for forward \param d_weight [max_len, d_model] or empty
+  /// \throws shape_error when d_out has not d_model columns or d_weight is neither empty
+  ///   nor [max_len, d_model]; index_error as forward.
+  void backward(const MatrixCRef<Scalar>& d_out, Index first_position,
+                Matrix<Scalar>& d_weight) const {
+    const std::string who = "LearnedPositionalEmbedding::backward";
+    if (d_out.cols() != d_model()) {
+      throw shape_error(who + ": d_out is " + detail::matrix_shape(d_out) + ", expected [L, " +
+                        std::to_string(d_model()) + "] (d_model)");
+    }
+    check_range(d_out.rows(), first_position, who);
+    if (d_weight.size() != 0 && (d_weight.rows() != max_len() || d_weight.cols() != d_model())) {
+      throw shape_error(who + ": d_weight is " + detail::matrix_shape(d_weight) + ", expected [" +
+                        std::to_string(max_len()) + ", " + std::to_string(d_model()) +
+                        "] (max_len, d_model)");
+    }
+    if (d_weight.size() == 0) d_weight = Matrix<Scalar>::Zero(max_len(), d_model());
+    d_weight.middleRows(first_position, d_out.rows()) += d_out;
+  }
+
+ private:
+  // Throws index_error unless 0 <= first_position and first_position + L <= max_len.
+  void check_range(Index L, Index first_position, const std::string& who) const {
     if (L < 0 || first_position < 0) {
-      throw index_error("LearnedPositionalEmbedding::forward: L is " + std::to_string(L) +
-                        " and first_position is " + std::to_string(first_position) +
-                        ", expected both >= 0");
+      throw index_error(who + ": L is " + std::to_string(L) + " and first_position is " +
+                        std::to_string(first_position) + ", expected both >= 0");
     }
     // first_position > max_len - L, not first_position + L > max_len: the sum may overflow,
     // so the message prints it as an unsigned sum.
     if (first_position > max_len() - L) {
-      throw index_error("LearnedPositionalEmbedding::forward: positions [" +
-                        std::to_string(first_position) + ", " +
+      throw index_error(who + ": positions [" + std::to_string(first_position) + ", " +
                         std::to_string(static_cast<unsigned long long>(first_position) +
                                        static_cast<unsigned long long>(L)) +
                         ") are outside [0, " + std::to_string(max_len()) + ") (max_len)");
     }
-    return weight.middleRows(first_position, L);
   }
 };
 

@@ -7,6 +7,7 @@
 #include "attend/core/tensor.hpp"
 #include "attend/core/types.hpp"
 #include "attend/embedding/embedding.hpp"
+#include "attend/embedding/learned_positional.hpp"
 #include "attend/ops/layer_norm.hpp"
 #include "attend/ops/linear.hpp"
 
@@ -214,6 +215,13 @@ void named_parameters(LayerNorm<Scalar>& m, LayerNormGrad<Scalar>& g, Visit&& vi
   if (!m.elementwise_affine()) return;
   visit(prefix + "weight", m.weight, g.d_weight);
   visit(prefix + "bias", m.bias, g.d_bias);
+}
+
+/// Visits `weight` of a LearnedPositionalEmbedding (its gradient is an EmbeddingGrad).
+template <typename Scalar, typename Visit>
+void named_parameters(LearnedPositionalEmbedding<Scalar>& m, EmbeddingGrad<Scalar>& g,
+                      Visit&& visit, const std::string& prefix = "") {
+  visit(prefix + "weight", m.weight, g.d_weight);
 }
 
 /// Visits `weight` of an Embedding.
