@@ -318,8 +318,13 @@ Outputs<S> run_sinusoidal(const Case& c) {
   const Index max_len = opt_required_int(c, "max_len"), d_model = opt_required_int(c, "d_model");
   // The table's size comes from the options alone: check it against the file before
   // computing it, so a small malformed file cannot ask for max_len * d_model = 1e10 values.
+  // Without expected.output (e.g. a renamed tensor) nothing bounds them: a FAIL, not a table.
   const std::string want = "expected.output";
-  if (c.st->contains(want) && c.st->shape(want) != Shape{max_len, d_model}) {
+  if (!c.st->contains(want)) {
+    throw format_error("no " + want + " tensor: the table's size would come from the options "
+                       "alone");
+  }
+  if (c.st->shape(want) != Shape{max_len, d_model}) {
     throw shape_error(want + " is " + attend::detail::shape_string(c.st->shape(want)) +
                       ", expected [max_len, d_model] = [" + std::to_string(max_len) + ", " +
                       std::to_string(d_model) + "]");

@@ -177,6 +177,10 @@ class GroupedQueryAttention {
     Matrix<Scalar> xq(L, E), xk(S, E), xv(S, E);                    // one sequence's inputs
     Matrix<Scalar> qp(L, E), kp(S, kv_width()), vp(S, kv_width());  // projections
     Matrix<Scalar> heads(L, E), out(L, E), w(L, S);
+    // No queries or no keys: no head slices of empty matrices (a non-zero offset from a
+    // null pointer); the heads are 0, as MultiheadAttention's.
+    const bool empty = L == 0 || S == 0;
+    if (empty) heads.setZero();
     for (Index b = 0; b < q.B; ++b) {
       for (Index t = 0; t < L; ++t) xq.row(t) = detail::step_row(query, q, bf, b, t);
       for (Index t = 0; t < S; ++t) xk.row(t) = detail::step_row(key, k, bf, b, t);
@@ -184,7 +188,7 @@ class GroupedQueryAttention {
       project(xq, q_proj_weight, q_proj_bias, qp);
       project(xk, k_proj_weight, k_proj_bias, kp);
       project(xv, v_proj_weight, v_proj_bias, vp);
-      if (options.rotary) {
+      if (options.rotary && !empty) {
         for (Index h = 0; h < H; ++h) {
           detail::rotate_pairs<Scalar>(qp.middleCols(h * dh, dh), args.query_position,
                                        options.rotary_layout, options.rotary_base, 1.0);
@@ -194,7 +198,7 @@ class GroupedQueryAttention {
                                        options.rotary_layout, options.rotary_base, 1.0);
         }
       }
-      for (Index h = 0; h < H; ++h) {
+      for (Index h = 0; !empty && h < H; ++h) {
         const Index g = h / group;
         detail::attention_head_reference<Scalar>(
             qp.middleCols(h * dh, dh), kp.middleCols(g * dh, dh), vp.middleCols(g * dh, dh), mask,

@@ -303,6 +303,10 @@ class MultiheadAttention {
       mask = mask & alibi_mask(H, L, S, false, args.query_position - args.key_position);
     }
     const bool rotary = options.position == PositionKind::rotary;
+    // No queries or no keys: nothing to attend, and a head's column block of an empty
+    // matrix would offset a null pointer (undefined behaviour). As PyTorch, L = 0 gives an
+    // empty output and S = 0 gives zero heads, so each output row is the out_proj bias.
+    const bool empty = L == 0 || S == 0;
 
     const Scalar scale = static_cast<Scalar>(1.0 / std::sqrt(static_cast<double>(dh)));
     Shape out_shape = query.shape();
@@ -324,7 +328,7 @@ class MultiheadAttention {
     }
     for (Index b = 0; b < B; ++b) {
       project(sequence(query, b), self ? nullptr : &key, self ? nullptr : &value, b, q, k, v);
-      for (Index h = 0; rotary && h < H; ++h) {  // RoPE on each head's Q and K, in place
+      for (Index h = 0; rotary && !empty && h < H; ++h) {  // RoPE on each head's Q and K
         detail::rotate_pairs<Scalar>(q.middleCols(h * dh, dh), args.query_position,
                                      options.rotary_layout, options.rotary_base, 1.0);
         detail::rotate_pairs<Scalar>(k.middleCols(h * dh, dh), args.key_position,
@@ -332,7 +336,12 @@ class MultiheadAttention {
       }
       Mat avg;
       if (args.need_weights && args.average_attn_weights) avg = Mat::Zero(L, S);
+      if (empty) heads.setZero();  // [L, E]; attention over no keys is 0
       for (Index h = 0; h < H; ++h) {
+        if (empty) {  // no head slices; the [L, S] weights are empty
+          if (cache) cache->weights[static_cast<std::size_t>(b * H + h)] = w;
+          continue;
+        }
         if (!reference) {  // the fast path: fused kernel, no [L, S] buffer
           detail::attention_head_fused<Scalar>(q.middleCols(h * dh, dh), k.middleCols(h * dh, dh),
                                                v.middleCols(h * dh, dh), mask, b, h, scale,
@@ -369,7 +378,11 @@ class MultiheadAttention {
   void project(const Mat& xq, const Tensor<Scalar>* key, const Tensor<Scalar>* value, Index b,
                Mat& q, Mat& k, Mat& v) const {
     const Index E = options.embed_dim;
-    if (packed() && key == nullptr) {
+    if (packed() && key == nullptr && xq.rows() == 0) {  // no middleCols of a null pointer
+      q.resize(0, E);
+      k.resize(0, E);
+      v.resize(0, E);
+    } else if (packed() && key == nullptr) {
       const Mat qkv = xq * in_proj_weight.transpose();  // [L, 3E]
       q = qkv.leftCols(E);
       k = qkv.middleCols(E, E);

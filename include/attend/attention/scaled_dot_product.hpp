@@ -4,6 +4,7 @@
 
 #include "attend/attention/mask.hpp"
 #include "attend/core/errors.hpp"
+#include "attend/core/finite.hpp"
 #include "attend/core/tensor.hpp"
 #include "attend/core/types.hpp"
 #include "attend/ops/softmax.hpp"
@@ -24,25 +25,6 @@ struct AttentionResult {
 };
 
 namespace detail {
-
-/// Throws value_error naming `arg` and the flat index when `x` holds NaN or Inf.
-template <typename Derived>
-void check_finite(const Eigen::MatrixBase<Derived>& x, const std::string& who,
-                  const std::string& arg) {
-  // One vectorised pass: v - v is 0 for finite v and NaN for NaN or +-inf, so the sum is
-  // finite exactly when every entry is (Eigen's allFinite() is a scalar loop, ~10% of the
-  // fused kernel's time at L = 1024). The culprit is located only on failure.
-  if (std::isfinite(static_cast<double>((x.array() - x.array()).sum()))) return;
-  for (Index i = 0; i < x.rows(); ++i) {
-    for (Index j = 0; j < x.cols(); ++j) {
-      if (!std::isfinite(x(i, j))) {
-        throw value_error(who + ": " + arg + " has a non-finite value (" +
-                          std::to_string(static_cast<double>(x(i, j))) + ") at [" +
-                          std::to_string(i) + ", " + std::to_string(j) + "]");
-      }
-    }
-  }
-}
 
 /// The scale to use: given, or 1/sqrt(d_k). Throws value_error when not finite.
 inline double attention_scale(std::optional<double> scale, Index d_k, const std::string& who) {

@@ -3,6 +3,7 @@
 #pragma once
 
 #include "attend/core/errors.hpp"
+#include "attend/core/finite.hpp"
 #include "attend/core/types.hpp"
 
 #include <Eigen/Core>
@@ -88,7 +89,8 @@ class SinusoidalPositionalEncoding {
 
   /// `x + PE[offset : offset + L]`. \param x [L, d_model] embeddings \param offset first row
   /// (the number of tokens already decoded, for incremental decoding) \returns [L, d_model]
-  /// \throws shape_error when x's width is not d_model; index_error when offset + L > max_len.
+  /// \throws shape_error when x's width is not d_model; index_error when offset + L > max_len;
+  ///   value_error when x holds NaN or Inf.
   template <typename Derived>
   Matrix<Scalar> forward(const Eigen::MatrixBase<Derived>& x, Index offset = 0) const {
     if (x.cols() != d_model()) {
@@ -105,6 +107,7 @@ class SinusoidalPositionalEncoding {
                         std::to_string(offset) + ", " + end + ") exceed max_len " +
                         std::to_string(max_len()));
     }
+    detail::check_finite(x, "SinusoidalPositionalEncoding::forward", "x");
     return x + table_.middleRows(offset, x.rows());
   }
 

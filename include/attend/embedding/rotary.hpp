@@ -3,6 +3,7 @@
 #pragma once
 
 #include "attend/core/errors.hpp"
+#include "attend/core/finite.hpp"
 #include "attend/core/types.hpp"
 
 #include <Eigen/Core>
@@ -69,7 +70,8 @@ inline void check_rotary(Index d, Index first_position, double base, const std::
 /// \param layout interleaved pairs (2i, 2i+1), or half (i, i + d/2)
 /// \param base 10000 in the paper
 /// \returns [L, d]
-/// \throws shape_error when d is odd or 0; value_error on a negative first_position or base <= 1.
+/// \throws shape_error when d is odd or 0; value_error on a negative first_position, base <= 1,
+///   or NaN/Inf in x.
 /// \note Su et al. 2021 (RoFormer), section 3.4.2.
 /// \sa rotary_backward
 template <typename Derived>
@@ -80,6 +82,7 @@ Matrix<typename Derived::Scalar> apply_rotary(const Eigen::MatrixBase<Derived>& 
   using S = typename Derived::Scalar;
   static_assert(is_supported_scalar_v<S>, "attend::apply_rotary: Scalar must be float or double");
   detail::check_rotary(x.cols(), first_position, base, "apply_rotary", detail::matrix_shape(x));
+  detail::check_finite(x, "apply_rotary", "x");
   Matrix<S> y = x;
   detail::rotate_pairs<S>(y, first_position, layout, base, 1.0);
   return y;

@@ -3,6 +3,7 @@
 #pragma once
 
 #include "attend/core/errors.hpp"
+#include "attend/core/finite.hpp"
 #include "attend/core/types.hpp"
 
 #include <Eigen/Core>
@@ -99,12 +100,14 @@ void activation_inplace(MatrixRef<S> x, Activation act) {
 
 /// ReLU: `y = max(x, 0)`.
 /// \param x [R, C] \returns [R, C]
+/// \throws value_error when x holds NaN or Inf.
 /// \note torch.nn.functional.relu.
 /// \sa relu_backward, gelu
 template <typename Derived>
 Matrix<typename Derived::Scalar> relu(const Eigen::MatrixBase<Derived>& x) {
   using S = typename Derived::Scalar;
   static_assert(is_supported_scalar_v<S>, "attend::relu: Scalar must be float or double");
+  detail::check_finite(x, "relu", "x");
   return x.array().max(S(0)).matrix();
 }
 
@@ -127,6 +130,7 @@ Matrix<typename DerivedX::Scalar> relu_backward(const Eigen::MatrixBase<DerivedX
 /// `y = 0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3)))`.
 /// \param x [R, C] \param approximate_tanh false: erf (PyTorch's default "none"); true: "tanh"
 /// \returns [R, C]
+/// \throws value_error when x holds NaN or Inf.
 /// \note Hendrycks & Gimpel 2016; torch.nn.functional.gelu(x, approximate="none"|"tanh").
 /// \sa gelu_backward, relu
 template <typename Derived>
@@ -134,6 +138,7 @@ Matrix<typename Derived::Scalar> gelu(const Eigen::MatrixBase<Derived>& x,
                                       bool approximate_tanh = false) {
   using S = typename Derived::Scalar;
   static_assert(is_supported_scalar_v<S>, "attend::gelu: Scalar must be float or double");
+  detail::check_finite(x, "gelu", "x");
   Matrix<S> y = x;
   detail::activation_inplace<S>(y, approximate_tanh ? Activation::gelu_tanh : Activation::gelu);
   return y;
@@ -160,11 +165,13 @@ Matrix<typename DerivedX::Scalar> gelu_backward(const Eigen::MatrixBase<DerivedX
 }
 
 /// `act(x)` for a transformer activation. \param x [R, C] \returns [R, C]
+/// \throws value_error when x holds NaN or Inf.
 /// \sa relu, gelu
 template <typename Derived>
 Matrix<typename Derived::Scalar> activation(const Eigen::MatrixBase<Derived>& x, Activation act) {
   using S = typename Derived::Scalar;
   static_assert(is_supported_scalar_v<S>, "attend::activation: Scalar must be float or double");
+  detail::check_finite(x, "activation", "x");
   Matrix<S> y = x;
   detail::activation_inplace<S>(y, act);
   return y;

@@ -3,6 +3,7 @@
 #pragma once
 
 #include "attend/core/errors.hpp"
+#include "attend/core/finite.hpp"
 #include "attend/core/random.hpp"
 #include "attend/core/tensor.hpp"
 #include "attend/core/types.hpp"
@@ -33,30 +34,16 @@ inline void check_dropout_p(double p, const char* who) {
   }
 }
 
-}  // namespace detail
-
-/// Inverted dropout. In training, each element is kept with probability 1 - p and then
-/// multiplied by 1 / (1 - p), so the expectation is unchanged; otherwise (and when p = 0)
-/// `y = x` and `rng` is not used.
-///
-/// The keep decisions draw one `rng.uniform()` per element in row-major order (kept when
-/// the draw is >= p): the same seed gives the same mask on every platform.
-/// \param x [R, C] \param p drop probability in [0, 1) \param training false: identity
-/// \param rng the random stream (advanced by R * C draws in training when p > 0)
-/// \param cache if not null, receives the keep mask [R, C] and the scale
-/// \returns [R, C]
-/// \throws value_error when p is outside [0, 1).
-/// \note Srivastava et al. 2014; torch.nn.functional.dropout (PyTorch allows p = 1, which
-///       zeroes everything; here it is an error, since no gradient can flow).
-/// \sa dropout_backward, Dropout
+/// dropout_forward, with `who` naming the caller in the messages.
 template <typename Derived>
-Matrix<typename Derived::Scalar> dropout_forward(
+Matrix<typename Derived::Scalar> dropout_forward_checked(
     const Eigen::MatrixBase<Derived>& x, double p, bool training, Rng& rng,
-    DropoutCache<typename Derived::Scalar>* cache = nullptr) {
+    DropoutCache<typename Derived::Scalar>* cache, const char* who) {
   using S = typename Derived::Scalar;
   static_assert(is_supported_scalar_v<S>,
                 "attend::dropout_forward: Scalar must be float or double");
-  detail::check_dropout_p(p, "dropout_forward");
+  check_dropout_p(p, who);
+  check_finite(x, who, "x");
   Matrix<S> y = x;
   const bool active = training && p > 0.0;
   const S scale = active ? static_cast<S>(1.0 / (1.0 - p)) : S(1);
@@ -73,6 +60,29 @@ Matrix<typename Derived::Scalar> dropout_forward(
     }
   }
   return y;
+}
+
+}  // namespace detail
+
+/// Inverted dropout. In training, each element is kept with probability 1 - p and then
+/// multiplied by 1 / (1 - p), so the expectation is unchanged; otherwise (and when p = 0)
+/// `y = x` and `rng` is not used.
+///
+/// The keep decisions draw one `rng.uniform()` per element in row-major order (kept when
+/// the draw is >= p): the same seed gives the same mask on every platform.
+/// \param x [R, C] \param p drop probability in [0, 1) \param training false: identity
+/// \param rng the random stream (advanced by R * C draws in training when p > 0)
+/// \param cache if not null, receives the keep mask [R, C] and the scale
+/// \returns [R, C]
+/// \throws value_error when p is outside [0, 1) or x holds NaN or Inf.
+/// \note Srivastava et al. 2014; torch.nn.functional.dropout (PyTorch allows p = 1, which
+///       zeroes everything; here it is an error, since no gradient can flow).
+/// \sa dropout_backward, Dropout
+template <typename Derived>
+Matrix<typename Derived::Scalar> dropout_forward(
+    const Eigen::MatrixBase<Derived>& x, double p, bool training, Rng& rng,
+    DropoutCache<typename Derived::Scalar>* cache = nullptr) {
+  return detail::dropout_forward_checked(x, p, training, rng, cache, "dropout_forward");
 }
 
 /// Gradient of dropout: `dx = dy * scale` where kept, 0 where dropped.
@@ -103,18 +113,22 @@ class Dropout {
   double p() const noexcept { return p_; }
 
   /// \param x [R, C] \param rng advanced by R * C draws when active \returns [R, C]
+  /// \throws value_error when x holds NaN or Inf.
   template <typename Derived>
   Matrix<typename Derived::Scalar> forward(
       const Eigen::MatrixBase<Derived>& x, Rng& rng,
       DropoutCache<typename Derived::Scalar>* cache = nullptr) const {
-    return dropout_forward(x, p_, training, rng, cache);
+    return detail::dropout_forward_checked(x, p_, training, rng, cache, "Dropout::forward");
   }
 
   /// Any shape; elements drawn in row-major order. \param x [...] \returns [...]
+  /// \throws value_error when x holds NaN or Inf.
   template <typename Scalar>
   Tensor<Scalar> forward(const Tensor<Scalar>& x, Rng& rng) const {
     Tensor<Scalar> y(x.shape());
-    y.as_matrix() = dropout_forward(x.as_matrix(), p_, training, rng);
+    y.as_matrix() = detail::dropout_forward_checked(x.as_matrix(), p_, training, rng,
+                                                    static_cast<DropoutCache<Scalar>*>(nullptr),
+                                                    "Dropout::forward");
     return y;
   }
 

@@ -3,6 +3,7 @@
 #pragma once
 
 #include "attend/core/errors.hpp"
+#include "attend/core/finite.hpp"
 #include "attend/core/tensor.hpp"
 #include "attend/core/types.hpp"
 #include "attend/io/safetensors.hpp"
@@ -56,6 +57,35 @@ inline void check_layer_norm_eps(double eps, const char* who) {
   }
 }
 
+/// layer_norm_forward, with `who` naming the caller in the messages.
+template <typename Derived>
+Matrix<typename Derived::Scalar> layer_norm_forward_checked(
+    const Eigen::MatrixBase<Derived>& x, const Vector<typename Derived::Scalar>& weight,
+    const Vector<typename Derived::Scalar>& bias, double eps,
+    LayerNormCache<typename Derived::Scalar>* cache, const char* who) {
+  using S = typename Derived::Scalar;
+  static_assert(is_supported_scalar_v<S>,
+                "attend::layer_norm_forward: Scalar must be float or double");
+  const Index N = x.cols();
+  for (const auto& p :
+       {std::make_pair("weight", weight.size()), std::make_pair("bias", bias.size())}) {
+    if (p.second != 0 && p.second != N) {
+      throw shape_error(std::string(who) + ": " + p.first + " is [" + std::to_string(p.second) +
+                        "], expected [" + std::to_string(N) + "] (the last dimension of x " +
+                        matrix_shape(x) + ") or empty");
+    }
+  }
+  check_layer_norm_eps(eps, who);
+  check_finite(x, who, "x");
+  Matrix<S> y = x;
+  if (cache) {
+    cache->x_hat.resize(x.rows(), N);
+    cache->rstd.resize(x.rows());
+  }
+  layer_norm_rows<S>(y, weight, bias, static_cast<S>(eps), y, cache);
+  return y;
+}
+
 }  // namespace detail
 
 /// Layer normalisation of each row: `y = (x - mean) / sqrt(var + eps) * weight + bias`,
@@ -65,7 +95,7 @@ inline void check_layer_norm_eps(double eps, const char* who) {
 /// \param cache if not null, filled with x_hat [R, N] and rstd [R] for the backward
 /// \returns [R, N]
 /// \throws shape_error when weight or bias is neither [N] nor empty; value_error on a
-///   negative or non-finite eps.
+///   negative or non-finite eps, or when x holds NaN or Inf.
 /// \note Ba, Kiros & Hinton 2016; torch.nn.functional.layer_norm (normalized_shape = [N]).
 /// \sa layer_norm_backward, LayerNorm
 template <typename Derived>
@@ -73,26 +103,7 @@ Matrix<typename Derived::Scalar> layer_norm_forward(
     const Eigen::MatrixBase<Derived>& x, const Vector<typename Derived::Scalar>& weight,
     const Vector<typename Derived::Scalar>& bias, double eps = 1e-5,
     LayerNormCache<typename Derived::Scalar>* cache = nullptr) {
-  using S = typename Derived::Scalar;
-  static_assert(is_supported_scalar_v<S>,
-                "attend::layer_norm_forward: Scalar must be float or double");
-  const Index N = x.cols();
-  for (const auto& p :
-       {std::make_pair("weight", weight.size()), std::make_pair("bias", bias.size())}) {
-    if (p.second != 0 && p.second != N) {
-      throw shape_error(std::string("layer_norm_forward: ") + p.first + " is [" +
-                        std::to_string(p.second) + "], expected [" + std::to_string(N) +
-                        "] (the last dimension of x " + detail::matrix_shape(x) + ") or empty");
-    }
-  }
-  detail::check_layer_norm_eps(eps, "layer_norm_forward");
-  Matrix<S> y = x;
-  if (cache) {
-    cache->x_hat.resize(x.rows(), N);
-    cache->rstd.resize(x.rows());
-  }
-  detail::layer_norm_rows<S>(y, weight, bias, static_cast<S>(eps), y, cache);
-  return y;
+  return detail::layer_norm_forward_checked(x, weight, bias, eps, cache, "layer_norm_forward");
 }
 
 /// Gradient of layer_norm_forward. With `g = dy * weight` (or dy without weight):
@@ -189,17 +200,20 @@ class LayerNorm {
   }
 
   /// \param x [R, N] \param cache optional, for layer_norm_backward \returns [R, N]
-  /// \throws shape_error when x is not [R, normalized_shape].
+  /// \throws shape_error when x is not [R, normalized_shape]; value_error when x holds
+  ///   NaN or Inf.
   Matrix<Scalar> forward(const MatrixCRef<Scalar>& x,
                          LayerNormCache<Scalar>* cache = nullptr) const {
     check_width(x.cols(), detail::matrix_shape(x));
-    return layer_norm_forward(x, weight, bias, eps_, cache);
+    return detail::layer_norm_forward_checked(x, weight, bias, eps_, cache, "LayerNorm::forward");
   }
 
   /// \param x [..., N] \returns [..., N]
-  /// \throws shape_error when the last dimension of x is not normalized_shape.
+  /// \throws shape_error when the last dimension of x is not normalized_shape; value_error
+  ///   when x holds NaN or Inf.
   Tensor<Scalar> forward(const Tensor<Scalar>& x) const {
     check_width(x.rank() == 0 ? -1 : x.dim(-1), detail::shape_string(x.shape()));
+    detail::check_finite(x.as_matrix(), "LayerNorm::forward", "x");
     Tensor<Scalar> y = x;
     forward_inplace(y.as_matrix());
     return y;

@@ -3,6 +3,7 @@
 #pragma once
 
 #include "attend/core/errors.hpp"
+#include "attend/core/finite.hpp"
 #include "attend/core/random.hpp"
 #include "attend/core/tensor.hpp"
 #include "attend/core/types.hpp"
@@ -49,7 +50,8 @@ void check_linear_args(const Eigen::MatrixBase<DX>& x, const Eigen::MatrixBase<D
 /// Affine map `y = x W^T + b`.
 /// \param x [N, in] \param weight [out, in] \param bias [out], or empty for no bias
 /// \returns [N, out]
-/// \throws shape_error when x's width or the bias length does not match weight.
+/// \throws shape_error when x's width or the bias length does not match weight;
+///   value_error when x holds NaN or Inf.
 /// \note torch.nn.functional.linear; llm.c matmul_forward (weight (OC, C)).
 /// \sa linear_backward, Linear
 template <typename DX, typename DW>
@@ -59,6 +61,7 @@ Matrix<typename DX::Scalar> linear_forward(
   using S = typename DX::Scalar;
   static_assert(is_supported_scalar_v<S>, "attend::linear_forward: Scalar must be float or double");
   detail::check_linear_args(x, weight, bias.size(), "linear_forward");
+  detail::check_finite(x, "linear_forward", "x");
   Matrix<S> y(x.rows(), weight.rows());  // [N, out]
   y.noalias() = x * weight.transpose();
   if (bias.size() != 0) y.rowwise() += bias.transpose();
@@ -147,18 +150,21 @@ class Linear {
   }
 
   /// \param x [N, in] \returns [N, out]
-  /// \throws shape_error when x is not [N, in_features].
+  /// \throws shape_error when x is not [N, in_features]; value_error when x holds NaN or Inf.
   Matrix<Scalar> forward(const MatrixCRef<Scalar>& x) const {
     check_input(x.cols(), detail::matrix_shape(x));
+    detail::check_finite(x, "Linear::forward", "x");
     Matrix<Scalar> y(x.rows(), out_features());
     detail::linear_into<Scalar>(x, weight, bias, y);
     return y;
   }
 
   /// Any leading shape, as PyTorch. \param x [..., in] \returns [..., out]
-  /// \throws shape_error when x's last dimension is not in_features (or x has rank 0).
+  /// \throws shape_error when x's last dimension is not in_features (or x has rank 0);
+  ///   value_error when x holds NaN or Inf.
   Tensor<Scalar> forward(const Tensor<Scalar>& x) const {
     check_input(x.rank() == 0 ? -1 : x.dim(-1), detail::shape_string(x.shape()));
+    detail::check_finite(x.as_matrix(), "Linear::forward", "x");
     Shape s = x.shape();
     s.back() = out_features();
     Tensor<Scalar> y(s);

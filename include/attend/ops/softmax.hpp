@@ -3,6 +3,7 @@
 #pragma once
 
 #include "attend/core/errors.hpp"
+#include "attend/core/finite.hpp"
 #include "attend/core/types.hpp"
 
 #include <Eigen/Core>
@@ -123,7 +124,7 @@ Matrix<typename Derived::Scalar> log_softmax(const Eigen::MatrixBase<Derived>& x
 /// Gradient of softmax: `dx = y * (dy - sum_j(dy * y))` row-wise.
 /// \param y [R, C] the forward output; \param dy [R, C] upstream gradient.
 /// \returns [R, C] dx (assigned). A fully masked row (all zeros) gets zero gradient.
-/// \throws shape_error when shapes differ.
+/// \throws shape_error when shapes differ; value_error when dy holds NaN or Inf.
 template <typename DerivedY, typename DerivedD>
 Matrix<typename DerivedY::Scalar> softmax_backward(const Eigen::MatrixBase<DerivedY>& y,
                                                    const Eigen::MatrixBase<DerivedD>& dy) {
@@ -132,6 +133,7 @@ Matrix<typename DerivedY::Scalar> softmax_backward(const Eigen::MatrixBase<Deriv
     throw shape_error("softmax_backward: dy is " + detail::matrix_shape(dy) + ", expected " +
                       detail::matrix_shape(y));
   }
+  detail::check_finite(dy, "softmax_backward", "dy");
   const Vector<S> dot = (y.array() * dy.array()).rowwise().sum();  // [R]
   Matrix<S> dx = y.array() * (dy.array().colwise() - dot.array());
   return dx;

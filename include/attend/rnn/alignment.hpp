@@ -4,6 +4,7 @@
 #pragma once
 
 #include "attend/core/errors.hpp"
+#include "attend/core/finite.hpp"
 #include "attend/core/random.hpp"
 #include "attend/core/tensor.hpp"
 #include "attend/core/types.hpp"
@@ -34,7 +35,8 @@ enum class LuongScore { dot, general, concat };
 
 namespace detail {
 
-/// Checks query [B, Hq], keys [B, T, Hk] (T >= 1) and key_padding_mask ([B, T] or empty).
+/// Checks query [B, Hq], keys [B, T, Hk] (T >= 1) and key_padding_mask ([B, T] or empty),
+/// then that query and keys are finite.
 template <typename S>
 void check_alignment_args(const MatrixCRef<S>& query, const Tensor<S>& keys, const BoolMatrix& mask,
                           Index Hq, Index Hk, const std::string& who) {
@@ -51,6 +53,8 @@ void check_alignment_args(const MatrixCRef<S>& query, const Tensor<S>& keys, con
     throw shape_error(who + ": key_padding_mask is " + matrix_shape(mask) + ", expected " +
                       shape_string({B, keys.dim(1)}) + " (B, T)");
   }
+  check_finite(query, who, "query");
+  check_finite(keys.as_matrix(), who, "keys");
 }
 
 /// Softmax of one row of scores over keys, masked keys excluded (exactly 0), then the
@@ -153,7 +157,8 @@ class BahdanauAttention {
   /// \param key_padding_mask [B, T], true = masked out; empty = none.
   /// \param projected_keys project_keys(keys) [B, T, A], or empty to compute it here.
   /// \returns weights [B, T], context [B, Hk].
-  /// \throws shape_error naming the argument whose shape is wrong.
+  /// \throws shape_error naming the argument whose shape is wrong; value_error on NaN/Inf
+  ///   in query, keys (or projected_keys).
   AlignmentResult<Scalar> forward(const MatrixCRef<Scalar>& query, const Tensor<Scalar>& keys,
                                   const BoolMatrix& key_padding_mask = BoolMatrix(),
                                   const Tensor<Scalar>& projected_keys = Tensor<Scalar>()) const {
@@ -167,6 +172,7 @@ class BahdanauAttention {
                         detail::shape_string(projected_keys.shape()) + ", expected " +
                         detail::shape_string(Shape{B, T, A}) + " (B, T, attention_size)");
     }
+    if (given) detail::check_finite(projected_keys.as_matrix(), who, "projected_keys");
     const Tensor<Scalar> own = given ? Tensor<Scalar>() : project_keys(keys);
     const Tensor<Scalar>& kp = given ? projected_keys : own;
     AlignmentResult<Scalar> r{Matrix<Scalar>(B, T), Matrix<Scalar>(B, key_size()),
@@ -259,7 +265,8 @@ class LuongAttention {
   /// \param query [B, Hq] (the decoder state s_i) \param keys [B, T, Hk]
   /// \param key_padding_mask [B, T], true = masked out; empty = none.
   /// \returns weights [B, T], context [B, Hk], attentional_hidden [B, Hq] (empty unless Wc).
-  /// \throws shape_error naming the argument whose shape is wrong.
+  /// \throws shape_error naming the argument whose shape is wrong; value_error on NaN/Inf
+  ///   in query or keys.
   AlignmentResult<Scalar> forward(const MatrixCRef<Scalar>& query, const Tensor<Scalar>& keys,
                                   const BoolMatrix& key_padding_mask = BoolMatrix()) const {
     const std::string who = "LuongAttention::forward";

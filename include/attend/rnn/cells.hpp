@@ -3,6 +3,7 @@
 #pragma once
 
 #include "attend/core/errors.hpp"
+#include "attend/core/finite.hpp"
 #include "attend/core/random.hpp"
 #include "attend/core/types.hpp"
 #include "attend/io/safetensors.hpp"
@@ -74,7 +75,7 @@ void load_cell(Cell& cell, const SafeTensors& st, const std::string& prefix,
   cell = std::move(m);
 }
 
-/// Checks a cell's step arguments at the door; `c` is checked only when `with_c`.
+/// Checks a cell's step arguments at the door (shapes, then NaN/Inf); `c` only when `with_c`.
 template <typename S>
 void check_cell_args(const MatrixCRef<S>& input, const Matrix<S>& h, const Matrix<S>& c,
                      Index input_size, Index N, bool with_c, const std::string& who) {
@@ -89,6 +90,9 @@ void check_cell_args(const MatrixCRef<S>& input, const Matrix<S>& h, const Matri
   if (with_c && (c.rows() != input.rows() || c.cols() != N)) {
     throw shape_error(who + ": cx is " + matrix_shape(c) + ", expected " + want);
   }
+  check_finite(input, who, "input");
+  check_finite(h, who, "hx");
+  if (with_c) check_finite(c, who, "cx");
 }
 
 /// `gates = h_prev W_hh^T + b_hh`, the recurrent half of every cell's pre-activations.
@@ -156,7 +160,7 @@ class RNNCell {
   }
 
   /// One step. \param input [B, in] \param hx [B, N] \returns h' [B, N] (c stays empty)
-  /// \throws shape_error when input or hx has the wrong shape.
+  /// \throws shape_error when input or hx has the wrong shape; value_error on NaN/Inf in them.
   CellState<Scalar> forward(const MatrixCRef<Scalar>& input, const CellState<Scalar>& state) const {
     detail::check_cell_args<Scalar>(input, state.h, state.c, input_size(), hidden_size(), false,
                                     "RNNCell::forward");
@@ -238,7 +242,8 @@ class LSTMCell {
 
   /// One step. \param input [B, in] \param state h [B, N], c [B, N]
   /// \returns h' [B, N], c' [B, N]
-  /// \throws shape_error when input, hx (state.h) or cx (state.c) has the wrong shape.
+  /// \throws shape_error when input, hx (state.h) or cx (state.c) has the wrong shape;
+  ///   value_error on NaN/Inf in them.
   CellState<Scalar> forward(const MatrixCRef<Scalar>& input, const CellState<Scalar>& state) const {
     detail::check_cell_args<Scalar>(input, state.h, state.c, input_size(), hidden_size(), true,
                                     "LSTMCell::forward");
@@ -322,7 +327,8 @@ class GRUCell {
   }
 
   /// One step. \param input [B, in] \param state h [B, N] \returns h' [B, N]
-  /// \throws shape_error when input or hx (state.h) has the wrong shape.
+  /// \throws shape_error when input or hx (state.h) has the wrong shape; value_error on
+  ///   NaN/Inf in them.
   CellState<Scalar> forward(const MatrixCRef<Scalar>& input, const CellState<Scalar>& state) const {
     detail::check_cell_args<Scalar>(input, state.h, state.c, input_size(), hidden_size(), false,
                                     "GRUCell::forward");

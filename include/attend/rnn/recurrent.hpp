@@ -109,7 +109,8 @@ class Recurrent {
   /// \param lengths [B] valid steps per sequence, each in [1, T]; empty = all T.
   /// \returns output [T, B, D * N] or [B, T, D * N]; h_n, c_n [num_layers * D, B, N].
   /// \throws shape_error when input, h_0, c_0 or lengths has the wrong shape; value_error
-  ///   when a length is outside [1, T] or c_0 is given to an RNN/GRU.
+  ///   when a length is outside [1, T], c_0 is given to an RNN/GRU, or input (its steps
+  ///   before lengths[b]; padded steps are never read), h_0 or c_0 holds NaN/Inf.
   RecurrentOutput<Scalar> forward(const Tensor<Scalar>& input,
                                   const RecurrentState<Scalar>& initial = {},
                                   const std::vector<Index>& lengths = {}) const;
@@ -119,8 +120,8 @@ class Recurrent {
   /// `ws` have their sizes.
   /// \param x [B, input_size] \param state h (and c) [num_layers, B, N], e.g. zero_state(B)
   /// \param output [B, N] written (resized if needed) \param ws reusable scratch
-  /// \throws value_error when the stack is bidirectional; shape_error when x or the state
-  ///   has the wrong shape.
+  /// \throws value_error when the stack is bidirectional or x or the state holds NaN/Inf;
+  ///   shape_error when x or the state has the wrong shape.
   void step(const MatrixCRef<Scalar>& x, RecurrentState<Scalar>& state, Matrix<Scalar>& output,
             RecurrentWorkspace<Scalar>& ws) const;
   /// As above, allocating its own output and scratch. \returns [B, N]

@@ -3,6 +3,7 @@
 #pragma once
 
 #include "attend/core/errors.hpp"
+#include "attend/core/finite.hpp"
 #include "attend/core/random.hpp"
 #include "attend/core/tensor.hpp"
 #include "attend/core/types.hpp"
@@ -12,6 +13,7 @@
 
 #include <Eigen/Core>
 
+#include <cmath>
 #include <cstdint>
 #include <string>
 #include <type_traits>
@@ -29,6 +31,32 @@ Cell make_cell(Index input_size, Index hidden_size, bool bias, Nonlinearity act,
     return Cell(input_size, hidden_size, bias, act, rng);
   } else {
     return Cell(input_size, hidden_size, bias, rng);
+  }
+}
+
+/// Throws value_error naming the first NaN/Inf the stack would read from `input` [T, B, W]
+/// ([B, T, W] when batch_first): every step when `lengths` is empty, else steps
+/// t < lengths[b] only (padded steps are never read and may hold anything).
+template <typename S>
+void check_finite_steps(const Tensor<S>& input, Index T, Index B, bool batch_first,
+                        const std::vector<Index>& lengths, const std::string& who) {
+  const auto rows = input.as_matrix();     // [T * B, W], row t * B + b or b * T + t
+  const auto finite = [](const auto& x) {  // one vectorised pass, as check_finite
+    return std::isfinite(static_cast<double>((x.array() - x.array()).sum()));
+  };
+  if (lengths.empty() && finite(rows)) return;
+  for (Index b = 0; b < B; ++b) {
+    const Index len = lengths.empty() ? T : lengths[static_cast<std::size_t>(b)];
+    for (Index t = 0; t < len; ++t) {
+      const auto row = rows.row(batch_first ? b * T + t : t * B + b);
+      if (finite(row)) continue;
+      for (Index j = 0; j < row.size(); ++j) {
+        if (std::isfinite(row(j))) continue;
+        throw value_error(who + ": input has a non-finite value (" +
+                          std::to_string(static_cast<double>(row(j))) + ") at " +
+                          shape_string(batch_first ? Shape{b, t, j} : Shape{t, b, j}));
+      }
+    }
   }
 }
 
@@ -119,6 +147,8 @@ void Recurrent<Scalar, CellType>::check_state(const RecurrentState<Scalar>& s, I
     throw value_error(who + ": " + c_name + " is " + detail::shape_string(s.c.shape()) +
                       ", expected empty (" + name() + " has no cell state)");
   }
+  if (s.h.size() != 0) detail::check_finite(s.h.as_matrix(), who, h_name);
+  if (s.c.size() != 0) detail::check_finite(s.c.as_matrix(), who, c_name);
 }
 
 template <typename Scalar, template <typename> class CellType>
@@ -148,6 +178,7 @@ RecurrentOutput<Scalar> Recurrent<Scalar, CellType>::forward(
                         "] (T)");
     }
   }
+  detail::check_finite_steps(input, T, B, bf, lengths, who);
 
   RecurrentOutput<Scalar> result;
   result.output = Tensor<Scalar>(bf ? Shape{B, T, D * N} : Shape{T, B, D * N});
@@ -228,6 +259,7 @@ void Recurrent<Scalar, CellType>::step(const MatrixCRef<Scalar>& x, RecurrentSta
   }
   const Index B = x.rows();
   check_state(state, B, who, "state.h", "state.c");
+  detail::check_finite(x, who, "x");
   if (state.h.size() == 0) state.h = zero_state(B).h;
   if (Cell::has_cell_state && state.c.size() == 0) state.c = zero_state(B).c;
   ws.xi.resize(B, G * N);  // no-ops after the first frame of the same batch size

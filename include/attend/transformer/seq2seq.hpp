@@ -206,9 +206,12 @@ class TransformerSeq2Seq {
     const Index T = ids.rank() == 1 || !bf ? ids.dim(0) : ids.dim(1);
     const Index B = ids.rank() == 1 ? 1 : (bf ? ids.dim(0) : ids.dim(1));
     if (first < 0 || first > positions.max_len() - T) {  // no overflow of first + T
-      throw index_error(who + ": " + arg + " positions [" + std::to_string(first) + ", " +
-                        std::to_string(first + T) + ") exceed max_len " +
-                        std::to_string(positions.max_len()));
+      // first + T overflows only when first >= 0: printed as an unsigned sum then.
+      const std::string end = first < 0 ? std::to_string(first + T)
+                                        : std::to_string(static_cast<unsigned long long>(first) +
+                                                         static_cast<unsigned long long>(T));
+      throw index_error(who + ": " + arg + " positions [" + std::to_string(first) + ", " + end +
+                        ") exceed max_len " + std::to_string(positions.max_len()));
     }
     const Index V = table.num_embeddings();
     for (Index i = 0; i < ids.size(); ++i) {
