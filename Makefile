@@ -68,7 +68,8 @@ FUZZ_SECONDS ?= 600
 # the conformance runner, the examples and each fuzz target for 20 s (ATTEND_FUZZ_SECONDS).
 test-asan:
 	$(call configure,asan,clang++) -DATTEND_SANITIZE=address,undefined -DATTEND_FUZZ=ON
-	$(CMAKE) --build $(BUILD)/asan -j $(JOBS)
+	$(CMAKE) --build $(BUILD)/asan -j $(JOBS) --target attend-tests attend-conformance \
+	  attend-examples attend-fuzz-safetensors attend-fuzz-conformance
 	$(SANITIZER_ENV) $(CTEST) --test-dir $(BUILD)/asan --output-on-failure -j $(JOBS) \
 	  -R '^(unit\.|conformance$$|example\.|fuzz\.)'
 
