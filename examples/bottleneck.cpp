@@ -160,16 +160,7 @@ class RecurrentModel final : public Model {
     return loss;
   }
   std::vector<Ids> decode(const std::vector<Ids>& source) override {
-    std::vector<Ids> out;
-    for (std::size_t i = 0; i < source.size(); i += 64) {  // 64 sequences per batch
-      const std::vector<Ids> part(
-          source.begin() + static_cast<std::ptrdiff_t>(i),
-          source.begin() + static_cast<std::ptrdiff_t>(std::min(source.size(), i + 64)));
-      const std::vector<Ids> y =
-          attend::seq2seq_greedy_decode(t_.model, part, kBos, kEos, kMaxLength + 1);
-      out.insert(out.end(), y.begin(), y.end());
-    }
-    return out;
+    return attend::seq2seq_greedy_decode(t_.model, source, kBos, kEos, kMaxLength + 1);
   }
   /// The alignment matrix [output steps, input steps] of one source (attention model only).
   attend::Matrix<Scalar> alignment(const Ids& source, Ids& output) const {
@@ -278,8 +269,9 @@ class TransformerModel final : public Model {
     }
     return params_;
   }
-  // Greedy decoding of a batch with the decoder's key/value cache: every source decodes
-  // as many tokens as it has (the longest sets the step count; the rest are ignored).
+  // Greedy decoding of a batch with the decoder's key/value cache, as seq2seq_greedy_decode
+  // does for the recurrent models: a sequence stops at its first eos (kept), and at most
+  // as many tokens as the longest source are decoded (all that are scored).
   std::vector<Ids> decode_batch(const std::vector<Ids>& source) const {
     const Index B = static_cast<Index>(source.size());
     Index S = 0;
@@ -301,14 +293,17 @@ class TransformerModel final : public Model {
     attend::Tensor<std::int64_t> token({B, 1});
     token.fill(kBos);
     std::vector<Ids> out(static_cast<std::size_t>(B));
+    std::vector<bool> done(static_cast<std::size_t>(B), false);
     for (Index i = 0; i < S; ++i) {
       const attend::Tensor<Scalar> logits =
           t_.model.decode_step(token, memory, cache, args.src_key_padding_mask);  // [B, 1, V]
       for (Index b = 0; b < B; ++b) {
+        const auto k = static_cast<std::size_t>(b);
         Index best = 0;
         logits.matrix(b).row(0).maxCoeff(&best);
         token(b, 0) = best;
-        if (i < lengths[std::size_t(b)]) out[std::size_t(b)].push_back(best);
+        if (!done[k]) out[k].push_back(best);
+        done[k] = done[k] || best == kEos;
       }
     }
     return out;
