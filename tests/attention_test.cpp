@@ -18,11 +18,12 @@
 #include <cstdint>
 #include <limits>
 #include <optional>
-#include <sstream>
 #include <string>
 #include <type_traits>
 #include <utility>
 #include <vector>
+
+#include "test_util.hpp"
 
 namespace {
 
@@ -37,8 +38,12 @@ using attend::Rng;
 using attend::Shape;
 using attend::Tensor;
 
-template <typename S>
-constexpr S inf = std::numeric_limits<S>::infinity();
+using attend_test::inf;
+using attend_test::random_index;
+using attend_test::random_matrix;
+using attend_test::random_tensor;
+using attend_test::randomize_biases;
+using attend_test::require_close;
 
 // ---- tolerances ------------------------------------------------------------------------
 
@@ -68,67 +73,7 @@ constexpr double kFloatVsDoubleTol = 1e-5;
 template <typename S>
 constexpr double kRowSumTol = std::is_same_v<S, float> ? 1e-6 : 1e-14;
 
-// ---- comparison helpers ----------------------------------------------------------------
-
-/// Passes when every |got - want| <= atol + rtol * |want| (or got == want); on failure
-/// reports the max error and the first mismatching index.
-template <typename A, typename B>
-void require_close(const Eigen::MatrixBase<A>& got, const Eigen::MatrixBase<B>& want, double atol,
-                   double rtol = 0.0) {
-  REQUIRE(got.rows() == want.rows());
-  REQUIRE(got.cols() == want.cols());
-  double max_err = 0.0;
-  Index bad_i = -1, bad_j = -1;
-  for (Index i = 0; i < got.rows(); ++i) {
-    for (Index j = 0; j < got.cols(); ++j) {
-      const double g = static_cast<double>(got(i, j));
-      const double w = static_cast<double>(want(i, j));
-      const double err = g == w ? 0.0 : std::abs(g - w);
-      max_err = std::max(max_err, std::isnan(err) ? inf<double> : err);
-      const bool ok = g == w || err <= atol + rtol * std::abs(w);  // NaN fails
-      if (!ok && bad_i < 0) {
-        bad_i = i;
-        bad_j = j;
-      }
-    }
-  }
-  std::ostringstream msg;
-  msg.precision(17);
-  msg << "max |got - want| = " << max_err << " (atol " << atol << ", rtol " << rtol << ")";
-  if (bad_i >= 0) {
-    msg << "; first mismatch at [" << bad_i << ", " << bad_j << "]: got " << got(bad_i, bad_j)
-        << ", want " << want(bad_i, bad_j);
-  }
-  INFO(msg.str());
-  REQUIRE(bad_i < 0);
-}
-
-/// Same shape, then element-wise as above (on the [prod(leading), last] matrices).
-template <typename A, typename B>
-void require_close(const Tensor<A>& got, const Tensor<B>& want, double atol, double rtol = 0.0) {
-  REQUIRE(got.shape() == want.shape());
-  require_close(got.as_matrix(), want.as_matrix(), atol, rtol);
-}
-
 // ---- builders --------------------------------------------------------------------------
-
-Index random_index(Rng& rng, Index lo, Index hi) {  // uniform in [lo, hi]
-  return lo + static_cast<Index>(rng.next() % static_cast<std::uint64_t>(hi - lo + 1));
-}
-
-template <typename S>
-Matrix<S> random_matrix(Index rows, Index cols, Rng& rng, double bound = 1.0) {
-  Matrix<S> m(rows, cols);
-  attend::fill_uniform(m, bound, rng);
-  return m;
-}
-
-template <typename S>
-Tensor<S> random_tensor(const Shape& shape, Rng& rng, double bound = 1.0) {
-  Tensor<S> t(shape);
-  for (Index i = 0; i < t.size(); ++i) t.data()[i] = static_cast<S>(rng.uniform(-bound, bound));
-  return t;
-}
 
 Tensor<bool> random_bools(const Shape& shape, Rng& rng, double p_true) {
   Tensor<bool> t(shape);
@@ -199,16 +144,6 @@ MultiheadAttentionOptions mha_options(Index E, Index H, bool batch_first = false
   o.kdim = kdim;
   o.vdim = vdim;
   return o;
-}
-
-/// PyTorch initialises the biases to zero; random ones make the bias paths visible.
-template <typename S>
-void randomize_biases(MultiheadAttention<S>& m, Rng& rng) {
-  if (!m.options.bias) return;
-  for (Index i = 0; i < m.in_proj_bias.size(); ++i)
-    m.in_proj_bias[i] = static_cast<S>(rng.uniform(-0.5, 0.5));
-  for (Index i = 0; i < m.out_proj_bias.size(); ++i)
-    m.out_proj_bias[i] = static_cast<S>(rng.uniform(-0.5, 0.5));
 }
 
 /// One sequence through multi-head attention, written out with Eigen and the matrix-form

@@ -20,6 +20,8 @@
 #include <type_traits>
 #include <vector>
 
+#include "test_util.hpp"
+
 namespace {
 
 using attend::Embedding;
@@ -30,6 +32,8 @@ using attend::Shape;
 using attend::SinusoidalPositionalEncoding;
 using attend::Tensor;
 using Ids = std::vector<std::int64_t>;
+
+using attend_test::require_close;
 
 /// Table entries are sin/cos in [-1, 1] computed in double and rounded once: half an ulp
 /// of a value below 1 in float is 3e-8, so one ulp (6e-8) is the bound; in double, libm's
@@ -49,37 +53,6 @@ constexpr double kRelTol = std::is_same_v<S, float> ? 2.4e-7 : 4.5e-16;
 /// to 40: a few ulps of O(1) values, plus the double angle error (40 * eps) in double.
 template <typename S>
 constexpr double kIdentityTol = std::is_same_v<S, float> ? 1e-6 : 1e-14;
-
-template <typename A, typename B>
-void require_close(const Eigen::MatrixBase<A>& got, const Eigen::MatrixBase<B>& want, double atol,
-                   double rtol = 0.0) {
-  REQUIRE(got.rows() == want.rows());
-  REQUIRE(got.cols() == want.cols());
-  double max_err = 0.0;
-  Index bad_i = -1, bad_j = -1;
-  for (Index i = 0; i < got.rows(); ++i) {
-    for (Index j = 0; j < got.cols(); ++j) {
-      const double g = static_cast<double>(got(i, j));
-      const double w = static_cast<double>(want(i, j));
-      const double err = g == w ? 0.0 : std::abs(g - w);
-      max_err = std::max(max_err, std::isnan(err) ? std::numeric_limits<double>::infinity() : err);
-      const bool ok = g == w || err <= atol + rtol * std::abs(w);  // NaN fails
-      if (!ok && bad_i < 0) {
-        bad_i = i;
-        bad_j = j;
-      }
-    }
-  }
-  std::ostringstream msg;
-  msg.precision(17);
-  msg << "max |got - want| = " << max_err << " (atol " << atol << ", rtol " << rtol << ")";
-  if (bad_i >= 0) {
-    msg << "; first mismatch at [" << bad_i << ", " << bad_j << "]: got " << got(bad_i, bad_j)
-        << ", want " << want(bad_i, bad_j);
-  }
-  INFO(msg.str());
-  REQUIRE(bad_i < 0);
-}
 
 template <typename S>
 Matrix<S> rows(Index r, Index c, std::initializer_list<double> values) {

@@ -31,7 +31,6 @@
 #include <cstring>
 #include <limits>
 #include <optional>
-#include <sstream>
 #include <string>
 #include <type_traits>
 #include <vector>
@@ -39,6 +38,8 @@
 #if defined(_OPENMP)
 #include <omp.h>
 #endif
+
+#include "test_util.hpp"
 
 namespace {
 
@@ -48,8 +49,11 @@ using attend::Matrix;
 using attend::Tensor;
 using attend::detail::FusedKernel;
 
-template <typename S>
-constexpr S inf = std::numeric_limits<S>::infinity();
+using attend_test::inf;
+using attend_test::kGradTol;
+using attend_test::random_index;
+using attend_test::random_matrix;
+using attend_test::require_close;
 
 // ---- tolerances ------------------------------------------------------------------------
 
@@ -75,49 +79,6 @@ constexpr double kHandTol = std::is_same_v<S, float> ? 1e-6 : 1e-9;
 constexpr double kExp2RelTol = 3e-7;
 
 // ---- helpers ---------------------------------------------------------------------------
-
-/// Passes when every |got - want| <= atol + rtol * |want|; on failure reports the max
-/// error and the first mismatching index.
-template <typename A, typename B>
-void require_close(const Eigen::MatrixBase<A>& got, const Eigen::MatrixBase<B>& want, double atol,
-                   double rtol = 0.0) {
-  REQUIRE(got.rows() == want.rows());
-  REQUIRE(got.cols() == want.cols());
-  double max_err = 0.0;
-  Index bad_i = -1, bad_j = -1;
-  for (Index i = 0; i < got.rows(); ++i) {
-    for (Index j = 0; j < got.cols(); ++j) {
-      const double g = static_cast<double>(got(i, j));
-      const double w = static_cast<double>(want(i, j));
-      const bool ok = g == w || std::abs(g - w) <= atol + rtol * std::abs(w);
-      if (g != w) max_err = std::max(max_err, std::isnan(g - w) ? inf<double> : std::abs(g - w));
-      if (!ok && bad_i < 0) {
-        bad_i = i;
-        bad_j = j;
-      }
-    }
-  }
-  std::ostringstream msg;
-  msg.precision(17);
-  msg << "max |got - want| = " << max_err << " (atol " << atol << ", rtol " << rtol << ")";
-  if (bad_i >= 0) {
-    msg << "; first mismatch at [" << bad_i << ", " << bad_j << "]: got " << got(bad_i, bad_j)
-        << ", want " << want(bad_i, bad_j);
-  }
-  INFO(msg.str());
-  REQUIRE(bad_i < 0);
-}
-
-template <typename S>
-Matrix<S> random_matrix(Index rows, Index cols, attend::Rng& rng, double bound = 1.0) {
-  Matrix<S> m(rows, cols);
-  attend::fill_uniform(m, bound, rng);
-  return m;
-}
-
-Index random_index(attend::Rng& rng, Index lo, Index hi) {  // uniform in [lo, hi]
-  return lo + static_cast<Index>(rng.next() % static_cast<std::uint64_t>(hi - lo + 1));
-}
 
 /// An [L, S] bool matrix, each entry true with probability p.
 attend::BoolMatrix random_bools(Index L, Index S, double p, attend::Rng& rng) {
@@ -618,10 +579,6 @@ constexpr double kLargeLogitBackwardTol = std::is_same_v<S, float> ? 1e-3 : 1e-1
 /// The log-sum-exp against a direct computation in double: the forward's sums run in S.
 template <typename S>
 constexpr double kLseTol = std::is_same_v<S, float> ? 1e-5 : 1e-13;
-
-/// Gradient check in double with central differences, h = 1e-6, on O(1) functions: a
-/// correct backward shows errors near 1e-9 at worst; a wrong term gives 1e-3 and more.
-constexpr double kGradTol = 1e-7;
 
 /// Forward with the lse through the detail entry (the tile code chosen by `kernel`).
 template <typename S>

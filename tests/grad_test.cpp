@@ -24,6 +24,8 @@
 #include <type_traits>
 #include <vector>
 
+#include "test_util.hpp"
+
 namespace {
 
 using attend::Index;
@@ -39,26 +41,9 @@ using attend::Shape;
 using attend::Tensor;
 using attend::Vector;
 
-/// Central differences in double with h = 1e-6 on O(1) functions: truncation ~1e-12 and
-/// cancellation eps / h ~ 2e-10 relative, so a correct backward shows errors near 1e-9 at
-/// worst; 1e-7 leaves headroom, and a wrong term gives 1e-3 and more.
-constexpr double kGradTol = 1e-7;
-
-template <typename S>
-Tensor<S> random_tensor(const Shape& shape, Rng& rng, double bound = 1.0) {
-  Tensor<double> t(shape);
-  Matrix<double> m(1, t.size());
-  attend::fill_uniform(m, bound, rng);
-  t.flat() = m.transpose();
-  return t.cast<S>();
-}
-
-/// sum(y * upstream) in double.
-template <typename S>
-double dot_loss(const Tensor<S>& y, const Tensor<S>& upstream) {
-  return (y.flat().template cast<double>().array() * upstream.flat().template cast<double>().array())
-      .sum();
-}
+using attend_test::dot_loss;
+using attend_test::random_tensor;
+using attend_test::require_gradient;
 
 /// Random parameters (PyTorch initialises biases to zero, which would hide bias handling).
 template <typename S>
@@ -76,14 +61,6 @@ void randomize(MultiheadAttention<S>& m, Rng& rng) {
     attend::fill_uniform(d, 0.5, rng);
     *b = d.cast<S>();
   }
-}
-
-template <typename X, typename DA, typename F>
-void require_gradient(const std::string& what, X&& x, const Eigen::MatrixBase<DA>& analytic,
-                      F&& f) {
-  const attend::GradCheckResult r = attend::gradcheck(x, analytic, f);
-  INFO(what << ": " << r.describe());
-  REQUIRE(r.error < kGradTol);
 }
 
 /// One gradient-check scenario of MultiheadAttention.

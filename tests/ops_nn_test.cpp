@@ -18,10 +18,10 @@
 
 #include <cmath>
 #include <functional>
-#include <limits>
-#include <sstream>
 #include <string>
 #include <type_traits>
+
+#include "test_util.hpp"
 
 namespace {
 
@@ -32,6 +32,13 @@ using attend::Rng;
 using attend::Tensor;
 using attend::Vector;
 
+using attend_test::dot_loss;
+using attend_test::kGradTol;
+using attend_test::mat;
+using attend_test::random_matrix;
+using attend_test::require_close;
+using attend_test::vec;
+
 // ---- tolerances ------------------------------------------------------------------------
 
 /// Hand values are written with 10 decimals (rounding error <= 5e-11); float results
@@ -39,10 +46,8 @@ using attend::Vector;
 template <typename S>
 constexpr double kHandTol = std::is_same_v<S, float> ? 2e-6 : 1e-10;
 
-/// Central differences in double with step kStep: truncation O(h^2) ~ 1e-12 and
-/// cancellation eps / h ~ 2e-10 relative, so ||analytic - numeric|| / ||analytic + numeric||
-/// stays near 1e-10 for smooth functions; 1e-7 leaves three orders of headroom.
-constexpr double kGradTol = 1e-7;
+/// The central-difference step of numeric_grad below; attend_test::kGradTol, the bound on
+/// ||analytic - numeric|| / ||analytic + numeric||, is derived for this h = 1e-6.
 constexpr double kStep = 1e-6;
 
 /// The same arithmetic reached through two entry points (module vs free function, tensor
@@ -51,57 +56,6 @@ template <typename S>
 constexpr double kSameTol = std::is_same_v<S, float> ? 1e-6 : 1e-14;
 
 // ---- helpers ---------------------------------------------------------------------------
-
-template <typename A, typename B>
-void require_close(const Eigen::MatrixBase<A>& got, const Eigen::MatrixBase<B>& want, double atol) {
-  REQUIRE(got.rows() == want.rows());
-  REQUIRE(got.cols() == want.cols());
-  double max_err = 0.0;
-  Index bad_i = -1, bad_j = -1;
-  for (Index i = 0; i < got.rows(); ++i) {
-    for (Index j = 0; j < got.cols(); ++j) {
-      const double g = static_cast<double>(got(i, j)), w = static_cast<double>(want(i, j));
-      const double err = std::abs(g - w);
-      max_err = std::max(max_err, std::isnan(err) ? std::numeric_limits<double>::infinity() : err);
-      if (!(g == w || err <= atol) && bad_i < 0) {
-        bad_i = i;
-        bad_j = j;
-      }
-    }
-  }
-  std::ostringstream msg;
-  msg.precision(17);
-  msg << "max |got - want| = " << max_err << " (atol " << atol << ")";
-  if (bad_i >= 0) {
-    msg << "; first mismatch at [" << bad_i << ", " << bad_j << "]: got " << got(bad_i, bad_j)
-        << ", want " << want(bad_i, bad_j);
-  }
-  INFO(msg.str());
-  REQUIRE(bad_i < 0);
-}
-
-template <typename S>
-Matrix<S> mat(Index rows, Index cols, std::initializer_list<double> values) {
-  Matrix<S> m(rows, cols);
-  auto it = values.begin();
-  for (Index i = 0; i < rows; ++i)
-    for (Index j = 0; j < cols; ++j) m(i, j) = static_cast<S>(*it++);
-  return m;
-}
-
-template <typename S>
-Vector<S> vec(std::initializer_list<double> values) {
-  Vector<S> v(static_cast<Index>(values.size()));
-  Index i = 0;
-  for (const double x : values) v(i++) = static_cast<S>(x);
-  return v;
-}
-
-Matrix<double> random_matrix(Index rows, Index cols, Rng& rng, double bound = 1.0) {
-  Matrix<double> m(rows, cols);
-  attend::fill_uniform(m, bound, rng);
-  return m;
-}
 
 /// Numerical gradient of `loss` with respect to every entry of `p` (central differences).
 template <typename Derived>
@@ -126,12 +80,6 @@ template <typename A, typename B>
 double grad_error(const Eigen::MatrixBase<A>& a, const Eigen::MatrixBase<B>& b) {
   const double denom = (a + b).norm();
   return denom == 0.0 ? 0.0 : (a - b).norm() / denom;
-}
-
-/// sum(y * upstream): the scalar loss whose gradient the backwards compute.
-template <typename A, typename B>
-double dot_loss(const Eigen::MatrixBase<A>& y, const Eigen::MatrixBase<B>& upstream) {
-  return (y.array() * upstream.array()).sum();
 }
 
 // ========================================================================================

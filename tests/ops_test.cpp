@@ -13,9 +13,10 @@
 #include <cmath>
 #include <cstdint>
 #include <limits>
-#include <sstream>
 #include <string>
 #include <type_traits>
+
+#include "test_util.hpp"
 
 namespace {
 
@@ -23,8 +24,10 @@ using attend::BoolMatrix;
 using attend::Index;
 using attend::Matrix;
 
-template <typename S>
-constexpr S inf = std::numeric_limits<S>::infinity();
+using attend_test::inf;
+using attend_test::random_index;
+using attend_test::random_matrix;
+using attend_test::require_close;
 
 // ---- tolerances ------------------------------------------------------------------------
 
@@ -50,38 +53,6 @@ constexpr double kFiniteDiffStep = 1e-6;
 
 // ---- helpers ---------------------------------------------------------------------------
 
-/// Passes when every |got - want| <= atol + rtol * |want| (or got == want, for equal
-/// infinities); on failure reports the max error and the first mismatching index.
-template <typename A, typename B>
-void require_close(const Eigen::MatrixBase<A>& got, const Eigen::MatrixBase<B>& want, double atol,
-                   double rtol = 0.0) {
-  REQUIRE(got.rows() == want.rows());
-  REQUIRE(got.cols() == want.cols());
-  double max_err = 0.0;
-  Index bad_i = -1, bad_j = -1;
-  for (Index i = 0; i < got.rows(); ++i) {
-    for (Index j = 0; j < got.cols(); ++j) {
-      const double g = static_cast<double>(got(i, j));
-      const double w = static_cast<double>(want(i, j));
-      const bool ok = g == w || std::abs(g - w) <= atol + rtol * std::abs(w);
-      if (g != w) max_err = std::max(max_err, std::isnan(g - w) ? inf<double> : std::abs(g - w));
-      if (!ok && bad_i < 0) {
-        bad_i = i;
-        bad_j = j;
-      }
-    }
-  }
-  std::ostringstream msg;
-  msg.precision(17);
-  msg << "max |got - want| = " << max_err << " (atol " << atol << ", rtol " << rtol << ")";
-  if (bad_i >= 0) {
-    msg << "; first mismatch at [" << bad_i << ", " << bad_j << "]: got " << got(bad_i, bad_j)
-        << ", want " << want(bad_i, bad_j);
-  }
-  INFO(msg.str());
-  REQUIRE(bad_i < 0);
-}
-
 /// A [1, n] row of logits.
 template <typename S>
 Matrix<S> row(std::initializer_list<S> values) {
@@ -89,17 +60,6 @@ Matrix<S> row(std::initializer_list<S> values) {
   Index j = 0;
   for (const S v : values) m(0, j++) = v;
   return m;
-}
-
-template <typename S>
-Matrix<S> random_matrix(Index rows, Index cols, attend::Rng& rng, double bound) {
-  Matrix<S> m(rows, cols);
-  attend::fill_uniform(m, bound, rng);
-  return m;
-}
-
-Index random_index(attend::Rng& rng, Index lo, Index hi) {  // uniform in [lo, hi]
-  return lo + static_cast<Index>(rng.next() % static_cast<std::uint64_t>(hi - lo + 1));
 }
 
 }  // namespace

@@ -28,11 +28,11 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
-#include <limits>
-#include <sstream>
 #include <string>
 #include <type_traits>
 #include <vector>
+
+#include "test_util.hpp"
 
 namespace {
 
@@ -41,6 +41,9 @@ using attend::Index;
 using attend::Matrix;
 using attend::Shape;
 using attend::Tensor;
+
+using attend_test::random_tensor;
+using attend_test::require_close;
 
 // ---- tolerances ------------------------------------------------------------------------
 
@@ -60,43 +63,6 @@ constexpr double kLn3 = 1.0986122886681098;
 
 // ---- helpers ---------------------------------------------------------------------------
 
-/// Passes when every |got - want| <= atol (or got == want); reports the max error and the
-/// first mismatching index otherwise.
-template <typename A, typename B>
-void require_close(const Eigen::MatrixBase<A>& got, const Eigen::MatrixBase<B>& want, double atol) {
-  REQUIRE(got.rows() == want.rows());
-  REQUIRE(got.cols() == want.cols());
-  double max_err = 0.0;
-  Index bad_i = -1, bad_j = -1;
-  for (Index i = 0; i < got.rows(); ++i) {
-    for (Index j = 0; j < got.cols(); ++j) {
-      const double g = static_cast<double>(got(i, j)), w = static_cast<double>(want(i, j));
-      const double err =
-          std::isnan(g - w) ? std::numeric_limits<double>::infinity() : std::abs(g - w);
-      if (g != w) max_err = std::max(max_err, err);
-      if (g != w && !(err <= atol) && bad_i < 0) {
-        bad_i = i;
-        bad_j = j;
-      }
-    }
-  }
-  std::ostringstream msg;
-  msg.precision(17);
-  msg << "max |got - want| = " << max_err << " (atol " << atol << ")";
-  if (bad_i >= 0) {
-    msg << "; first mismatch at [" << bad_i << ", " << bad_j << "]: got " << got(bad_i, bad_j)
-        << ", want " << want(bad_i, bad_j);
-  }
-  INFO(msg.str());
-  REQUIRE(bad_i < 0);
-}
-
-template <typename S>
-void require_close(const Tensor<S>& got, const Tensor<S>& want, double atol) {
-  REQUIRE(got.shape() == want.shape());
-  require_close(got.as_matrix(), want.as_matrix(), atol);
-}
-
 template <typename S>
 Matrix<S> matrix(Index rows, Index cols, std::initializer_list<double> values) {
   REQUIRE(static_cast<Index>(values.size()) == rows * cols);
@@ -115,13 +81,6 @@ attend::Vector<S> vector(std::initializer_list<double> values) {
   Index k = 0;
   for (const double x : values) v(k++) = static_cast<S>(x);
   return v;
-}
-
-template <typename S>
-Tensor<S> random_tensor(const Shape& shape, attend::Rng& rng) {
-  Tensor<S> t(shape);
-  for (Index i = 0; i < t.size(); ++i) t.data()[i] = static_cast<S>(rng.uniform(-1.0, 1.0));
-  return t;
 }
 
 /// Sequence b of a [T, B, W] (or [B, T, W] when batch_first) tensor, first `len` steps, as

@@ -23,6 +23,8 @@
 #include <type_traits>
 #include <vector>
 
+#include "test_util.hpp"
+
 namespace {
 
 using attend::CellCache;
@@ -46,10 +48,10 @@ using attend::RNNCell;
 using attend::Shape;
 using attend::Tensor;
 
-/// Central differences in double with h = 1e-6 on O(1) functions: truncation ~1e-12 and
-/// cancellation eps / h ~ 2e-10 relative, so a correct backward shows errors near 1e-9 at
-/// worst; 1e-7 leaves headroom, and a wrong term gives 1e-3 and more (as grad_test.cpp).
-constexpr double kGradTol = 1e-7;
+using attend_test::dot;
+using attend_test::random_matrix;
+using attend_test::random_tensor;
+using attend_test::require_gradient;
 
 /// One-sided slopes of a smooth function differ by about h |f''| ~ 1e-6; at a ReLU kink
 /// by the jump of the derivative, O(0.1) and more. 1e-4 separates the two.
@@ -64,35 +66,6 @@ constexpr double kFloatVsDouble = 1e-5;
 /// Two backends of the same double arithmetic (cell by cell vs the layer's batched time
 /// loop) differ only in summation order: ~1e-15 relative; 1e-12 is rounding, not a bug.
 constexpr double kSameMathTol = 1e-12;
-
-template <typename S>
-Matrix<S> random_matrix(Index rows, Index cols, Rng& rng, double bound = 1.0) {
-  Matrix<double> m(rows, cols);
-  attend::fill_uniform(m, bound, rng);
-  return m.cast<S>();
-}
-
-template <typename S>
-Tensor<S> random_tensor(const Shape& shape, Rng& rng, double bound = 1.0) {
-  Tensor<S> t(shape);
-  t.as_matrix() = random_matrix<S>(t.as_matrix().rows(), t.as_matrix().cols(), rng, bound);
-  return t;
-}
-
-/// sum(a * b) in double; 0 when b is empty.
-template <typename A, typename B>
-double dot(const A& a, const B& b) {
-  if (b.size() == 0) return 0.0;
-  return (a.template cast<double>().array() * b.template cast<double>().array()).sum();
-}
-
-template <typename X, typename DA, typename F>
-void require_gradient(const std::string& what, X&& x, const Eigen::MatrixBase<DA>& analytic, F&& f,
-                      const attend::GradCheckOptions& options = {}) {
-  const attend::GradCheckResult r = attend::gradcheck(x, analytic, f, options);
-  INFO(what << ": " << r.describe());
-  REQUIRE(r.error < kGradTol);
-}
 
 /// Checks every parameter, x, h (and c) of one cell step against central differences, with
 /// L = sum(h' * up_h) + sum(c' * up_c).

@@ -28,6 +28,8 @@
 #include <type_traits>
 #include <vector>
 
+#include "test_util.hpp"
+
 namespace {
 
 using attend::AlignmentCache;
@@ -46,25 +48,10 @@ using attend::Shape;
 using attend::Tensor;
 using Ids = std::vector<std::vector<std::int64_t>>;
 
-/// Central differences in double with h = 1e-6 on O(1) functions: truncation ~1e-12 and
-/// cancellation eps / h ~ 2e-10 relative, so a correct backward shows errors near 1e-9 at
-/// worst; 1e-7 leaves headroom, and a wrong term gives 1e-3 and more.
-constexpr double kGradTol = 1e-7;
-
-template <typename S>
-Tensor<S> random_tensor(const Shape& shape, Rng& rng, double bound = 1.0) {
-  Tensor<double> t(shape);
-  Matrix<double> m(1, t.size());
-  attend::fill_uniform(m, bound, rng);
-  t.flat() = m.transpose();
-  return t.cast<S>();
-}
-
-Matrix<double> random_matrix(Index r, Index c, Rng& rng, double bound = 1.0) {
-  Matrix<double> m(r, c);
-  attend::fill_uniform(m, bound, rng);
-  return m;
-}
+using attend_test::dot;
+using attend_test::kGradTol;
+using attend_test::random_matrix;
+using attend_test::random_tensor;
 
 /// For the whole seq2seq loss: some gradients are tiny (~1e-5: the source embedding under
 /// two LSTM layers), where the cancellation noise eps |f| / h of h = 1e-6 (~3e-10) is a
@@ -77,6 +64,7 @@ attend::GradCheckOptions precise() {
   return o;
 }
 
+/// attend_test::require_gradient with an absolute floor for near-zero gradients (below).
 template <typename X, typename DA, typename F>
 void require_gradient(const std::string& what, X&& x, const Eigen::MatrixBase<DA>& analytic, F&& f,
                       const attend::GradCheckOptions& options = {}) {
@@ -88,13 +76,6 @@ void require_gradient(const std::string& what, X&& x, const Eigen::MatrixBase<DA
   // 1e-4 of the gradient, far below the size of any missing or wrong term.
   constexpr double kGradAbsFloor = 1e-10;
   REQUIRE((r.error < kGradTol || r.max_abs_diff < kGradAbsFloor));
-}
-
-/// sum(a * b) in double; an empty `b` contributes nothing.
-template <typename A, typename B>
-double dot(const A& a, const B& b) {
-  if (b.size() == 0) return 0.0;
-  return (a.template cast<double>().array() * b.template cast<double>().array()).sum();
 }
 
 /// Padding mask [2, 4]: sequence 0 has 4 keys, sequence 1 has keys 2 and 3 padded.

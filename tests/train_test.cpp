@@ -37,6 +37,8 @@
 #include <type_traits>
 #include <vector>
 
+#include "test_util.hpp"
+
 // PyTorch's numbers for the optimizer, clipping and cross-entropy parity tests.
 #include "data/optim/optim_reference.inc"
 
@@ -49,13 +51,14 @@ using attend::Rng;
 using attend::Tensor;
 using attend::Vector;
 
-// ---- tolerances ------------------------------------------------------------------------
+using attend_test::dot_loss;
+using attend_test::kGradTol;
+using attend_test::mat;
+using attend_test::random_matrix;
+using attend_test::require_close;
+using attend_test::vec;
 
-/// Central differences in double with h = 1e-6: truncation O(h^2) ~ 1e-12 and cancellation
-/// eps / h ~ 2e-10 relative, so the relative error of a correct backward stays near 1e-10
-/// for smooth O(1) functions; 1e-7 leaves three orders of headroom and still catches any
-/// wrong term (a wrong term gives errors of 1e-3 and more).
-constexpr double kGradTol = 1e-7;
+// ---- tolerances ------------------------------------------------------------------------
 
 /// Hand values are written with 10 decimals (rounding <= 5e-11); float results carry a few
 /// ulps of values up to ~10 (ulp 9.5e-7).
@@ -63,63 +66,6 @@ template <typename S>
 constexpr double kHandTol = std::is_same_v<S, float> ? 4e-6 : 1e-10;
 
 // ---- helpers ---------------------------------------------------------------------------
-
-template <typename A, typename B>
-void require_close(const Eigen::MatrixBase<A>& got, const Eigen::MatrixBase<B>& want, double atol) {
-  REQUIRE(got.rows() == want.rows());
-  REQUIRE(got.cols() == want.cols());
-  double max_err = 0.0;
-  Index bad_i = -1, bad_j = -1;
-  for (Index i = 0; i < got.rows(); ++i) {
-    for (Index j = 0; j < got.cols(); ++j) {
-      const double g = static_cast<double>(got(i, j)), w = static_cast<double>(want(i, j));
-      const double err = std::abs(g - w);
-      max_err = std::max(max_err, std::isnan(err) ? std::numeric_limits<double>::infinity() : err);
-      if (!(g == w || err <= atol) && bad_i < 0) {
-        bad_i = i;
-        bad_j = j;
-      }
-    }
-  }
-  std::ostringstream msg;
-  msg.precision(17);
-  msg << "max |got - want| = " << max_err << " (atol " << atol << ")";
-  if (bad_i >= 0) {
-    msg << "; first mismatch at [" << bad_i << ", " << bad_j << "]: got " << got(bad_i, bad_j)
-        << ", want " << want(bad_i, bad_j);
-  }
-  INFO(msg.str());
-  REQUIRE(bad_i < 0);
-}
-
-template <typename S>
-Matrix<S> mat(Index rows, Index cols, std::initializer_list<double> values) {
-  Matrix<S> m(rows, cols);
-  auto it = values.begin();
-  for (Index i = 0; i < rows; ++i)
-    for (Index j = 0; j < cols; ++j) m(i, j) = static_cast<S>(*it++);
-  return m;
-}
-
-template <typename S>
-Vector<S> vec(std::initializer_list<double> values) {
-  Vector<S> v(static_cast<Index>(values.size()));
-  Index i = 0;
-  for (const double x : values) v(i++) = static_cast<S>(x);
-  return v;
-}
-
-Matrix<double> random_matrix(Index rows, Index cols, Rng& rng, double bound = 1.0) {
-  Matrix<double> m(rows, cols);
-  attend::fill_uniform(m, bound, rng);
-  return m;
-}
-
-/// sum(y * upstream): the scalar loss whose gradient a backward computes from `upstream`.
-template <typename A, typename B>
-double dot_loss(const Eigen::MatrixBase<A>& y, const Eigen::MatrixBase<B>& upstream) {
-  return (y.template cast<double>().array() * upstream.template cast<double>().array()).sum();
-}
 
 /// Embedding -> LayerNorm -> Linear: a model with every kind of registered parameter.
 template <typename S>
@@ -158,7 +104,8 @@ struct TinyModel {
   }
 };
 
-/// Runs gradcheck and requires its error below kGradTol, printing the worst element.
+/// Runs gradcheck and requires its error below kGradTol, printing the worst element (as
+/// attend_test::require_gradient, without a name: these checks report only the element).
 template <typename X, typename DA, typename F>
 void require_gradient(X&& x, const Eigen::MatrixBase<DA>& analytic, F&& f,
                       const GradCheckOptions& options = {}) {

@@ -33,6 +33,8 @@
 #include <type_traits>
 #include <vector>
 
+#include "test_util.hpp"
+
 namespace {
 
 using attend::Index;
@@ -44,10 +46,9 @@ using attend::Tensor;
 using attend::TransformerLayerOptions;
 using Ids = std::vector<std::vector<std::int64_t>>;
 
-/// Central differences in double with h = 1e-6 on O(1) functions: truncation ~1e-12 and
-/// cancellation eps / h ~ 2e-10 relative, so a correct backward shows errors near 1e-9 at
-/// worst (tests/grad_test.cpp uses the same bound); a wrong term gives 1e-3 and more.
-constexpr double kGradTol = 1e-7;
+using attend_test::dot_loss;
+using attend_test::random_tensor;
+using attend_test::require_gradient;
 
 /// Training forwards run attention on the reference path, the module forwards on the fused
 /// kernel (online softmax): they round differently, ~1e-15 on O(1) values in double.
@@ -61,23 +62,6 @@ constexpr double kForwardTolFloat = 2e-5;
 /// headroom while a missing or wrong term gives O(1).
 constexpr double kFloatGradRelTol = 2e-4;
 
-template <typename S>
-Tensor<S> random_tensor(const Shape& shape, Rng& rng, double bound = 1.0) {
-  Tensor<double> t(shape);
-  Matrix<double> m(1, t.size());
-  attend::fill_uniform(m, bound, rng);
-  t.flat() = m.transpose();
-  return t.cast<S>();
-}
-
-/// sum(y * upstream) in double.
-template <typename S>
-double dot_loss(const Tensor<S>& y, const Tensor<S>& upstream) {
-  return (y.flat().template cast<double>().array() *
-          upstream.flat().template cast<double>().array())
-      .sum();
-}
-
 /// Adds uniform noise in [-bound, bound] to every parameter: PyTorch's zero biases and unit
 /// LayerNorm weights would hide errors in their gradients.
 template <typename S>
@@ -85,14 +69,6 @@ void perturb(const attend::ParameterList<S>& params, Rng& rng, double bound = 0.
   for (const auto& p : params) {
     for (Index i = 0; i < p.size(); ++i) p.value()(i) += static_cast<S>(rng.uniform(-bound, bound));
   }
-}
-
-template <typename X, typename DA, typename F>
-void require_gradient(const std::string& what, X&& x, const Eigen::MatrixBase<DA>& analytic,
-                      F&& f) {
-  const attend::GradCheckResult r = attend::gradcheck(x, analytic, f);
-  INFO(what << ": " << r.describe());
-  REQUIRE(r.error < kGradTol);
 }
 
 template <typename S>

@@ -37,7 +37,6 @@
 #include <cstdint>
 #include <limits>
 #include <set>
-#include <sstream>
 #include <string>
 #include <type_traits>
 #include <vector>
@@ -45,6 +44,8 @@
 #ifndef ATTEND_TEST_DATA_DIR
 #define ATTEND_TEST_DATA_DIR "tests/data"
 #endif
+
+#include "test_util.hpp"
 
 namespace {
 
@@ -62,6 +63,10 @@ using attend::TransformerEncoderArgs;
 using attend::TransformerEncoderLayer;
 using attend::TransformerEncoderLayerArgs;
 using attend::TransformerLayerOptions;
+
+using attend_test::random_tensor;
+using attend_test::randomize_biases;
+using attend_test::require_close;
 
 // ---- tolerances ------------------------------------------------------------------------
 
@@ -88,48 +93,6 @@ template <typename S>
 constexpr double kReorderTol = std::is_same_v<S, float> ? 2e-5 : 1e-12;
 
 // ---- helpers ---------------------------------------------------------------------------
-
-template <typename A, typename B>
-void require_close(const Eigen::MatrixBase<A>& got, const Eigen::MatrixBase<B>& want, double atol,
-                   double rtol = 0.0) {
-  REQUIRE(got.rows() == want.rows());
-  REQUIRE(got.cols() == want.cols());
-  double max_err = 0.0;
-  Index bad_i = -1, bad_j = -1;
-  for (Index i = 0; i < got.rows(); ++i) {
-    for (Index j = 0; j < got.cols(); ++j) {
-      const double g = static_cast<double>(got(i, j)), w = static_cast<double>(want(i, j));
-      const double err = std::abs(g - w);
-      max_err = std::max(max_err, std::isnan(err) ? std::numeric_limits<double>::infinity() : err);
-      if (!(g == w || err <= atol + rtol * std::abs(w)) && bad_i < 0) {
-        bad_i = i;
-        bad_j = j;
-      }
-    }
-  }
-  std::ostringstream msg;
-  msg.precision(17);
-  msg << "max |got - want| = " << max_err << " (atol " << atol << ", rtol " << rtol << ")";
-  if (bad_i >= 0) {
-    msg << "; first mismatch at [" << bad_i << ", " << bad_j << "]: got " << got(bad_i, bad_j)
-        << ", want " << want(bad_i, bad_j);
-  }
-  INFO(msg.str());
-  REQUIRE(bad_i < 0);
-}
-
-template <typename A, typename B>
-void require_close(const Tensor<A>& got, const Tensor<B>& want, double atol, double rtol = 0.0) {
-  REQUIRE(got.shape() == want.shape());
-  require_close(got.as_matrix(), want.as_matrix(), atol, rtol);
-}
-
-template <typename S>
-Tensor<S> random_tensor(const Shape& shape, Rng& rng, double bound = 1.0) {
-  Tensor<S> t(shape);
-  for (Index i = 0; i < t.size(); ++i) t.data()[i] = static_cast<S>(rng.uniform(-bound, bound));
-  return t;
-}
 
 /// [T, B, E] <-> [B, T, E].
 template <typename S>
@@ -901,14 +864,6 @@ TEST_CASE("grouped_query.hpp: invalid head counts are rejected", "[transformer][
 // ========================================================================================
 // positions selectable in multi-head attention
 // ========================================================================================
-
-/// Random in_proj_bias and out_proj_bias (zeros by default, which would hide them).
-template <typename S>
-void randomize_biases(attend::MultiheadAttention<S>& mha, Rng& rng) {
-  for (Index i = 0; i < mha.in_proj_bias.size(); ++i) mha.in_proj_bias(i) = S(rng.uniform(-0.5, 0.5));
-  for (Index i = 0; i < mha.out_proj_bias.size(); ++i)
-    mha.out_proj_bias(i) = S(rng.uniform(-0.5, 0.5));
-}
 
 TEMPLATE_TEST_CASE("multihead.hpp: rotary positions equal GroupedQueryAttention with G = H",
                    "[transformer][property]", float, double) {
