@@ -70,6 +70,19 @@ MultiheadAttentionInputGrads<Scalar> MultiheadAttention<Scalar>::backward(
                       " head weights, expected " + std::to_string(B * H) +
                       " from forward(..., &cache) of this module");
   }
+  // A cache of a module with other widths (same heads) would be multiplied with this
+  // module's weights: Eigen asserts, or reads out of bounds without assertions.
+  const bool widths_ok = cache.query_shape.back() == E &&
+                         (cache.self || (cache.key_shape.back() == options.kdim &&
+                                         cache.value_shape.back() == options.vdim));
+  if (!widths_ok) {
+    throw value_error(who + ": cache.query_shape is " + detail::shape_string(cache.query_shape) +
+                      " (key " + detail::shape_string(cache.key_shape) + ", value " +
+                      detail::shape_string(cache.value_shape) + "), expected [..., " +
+                      std::to_string(E) + "] (embed_dim; key kdim " +
+                      std::to_string(options.kdim) + ", value vdim " +
+                      std::to_string(options.vdim) + ") from forward(..., &cache) of this module");
+  }
   if (d_output.shape() != cache.query_shape) {
     throw shape_error(who + ": d_output is " + detail::shape_string(d_output.shape()) +
                       ", expected " + detail::shape_string(cache.query_shape) +
@@ -118,14 +131,24 @@ MultiheadAttentionInputGrads<Scalar> MultiheadAttention<Scalar>::backward(
   };
   Mat d_heads(L, E), dq(L, E), dk(S, E), dv(S, E);  // [L, E], [L, E], [S, E], [S, E]
   Mat dw(L, S);                                     // [L, S] one head's weight gradient
+  // L = 0 or S = 0: no head slices (a block of an empty matrix offsets a null pointer); as
+  // in the forward, the heads are 0, so only the out_proj bias gets a gradient.
+  const bool empty = L == 0 || S == 0;
+  if (empty) {
+    dq.setZero();
+    dk.setZero();
+    dv.setZero();
+  }
   for (Index b = 0; b < B; ++b) {
     const auto i = static_cast<std::size_t>(b);
     const Mat d_out = sequence(d_output, b);  // [L, E]
     // forward: out = heads W_o^T + b_o
     grads.d_out_proj_weight.noalias() += d_out.transpose() * cache.heads[i];
-    if (options.bias) grads.d_out_proj_bias += d_out.colwise().sum().transpose();
+    // Sums of zero rows are 0 and are skipped (Eigen's vectorised colwise sum of an empty
+    // matrix offsets a null pointer).
+    if (options.bias && L > 0) grads.d_out_proj_bias += d_out.colwise().sum().transpose();
     d_heads.noalias() = d_out * out_proj_weight;
-    for (Index h = 0; h < H; ++h) {
+    for (Index h = 0; !empty && h < H; ++h) {
       const Mat& w = cache.weights[i * static_cast<std::size_t>(H) + static_cast<std::size_t>(h)];
       const auto cols = [&](const Mat& m) { return m.middleCols(h * dh, dh); };
       // forward: heads_h = W_h V_h
@@ -156,7 +179,7 @@ MultiheadAttentionInputGrads<Scalar> MultiheadAttention<Scalar>::backward(
     dw_in(0).noalias() += dq.transpose() * xq;
     dw_in(1).noalias() += dk.transpose() * xk;
     dw_in(2).noalias() += dv.transpose() * xv;
-    if (options.bias) {
+    if (options.bias && !empty) {
       grads.d_in_proj_bias.head(E) += dq.colwise().sum().transpose();
       grads.d_in_proj_bias.segment(E, E) += dk.colwise().sum().transpose();
       grads.d_in_proj_bias.tail(E) += dv.colwise().sum().transpose();

@@ -136,6 +136,8 @@ Matrix<S> layer_norm_backward(const LayerNormCache<S>& cache, const Vector<S>& w
                         std::to_string(g->size()) + "], expected [" + std::to_string(N) + "]");
     }
   }
+  // No rows: nothing to add (and column sums of an empty map offset a null pointer).
+  if (R == 0) return Matrix<S>(0, N);
   // forward: y = x_hat * weight + bias
   if (d_weight)
     *d_weight += (dy.array() * cache.x_hat.array()).colwise().sum().matrix().transpose();

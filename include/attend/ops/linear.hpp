@@ -99,6 +99,8 @@ Matrix<typename DX::Scalar> linear_backward(const Eigen::MatrixBase<DX>& x,
                         "], expected [" + std::to_string(weight.rows()) + "]");
     }
   }
+  // No rows: nothing to add (and products of empty maps offset a null pointer).
+  if (x.rows() == 0) return Matrix<S>(0, weight.cols());
   // forward: y = x W^T + b
   d_weight.noalias() += dy.transpose() * x;               // [out, in]
   if (d_bias) *d_bias += dy.colwise().sum().transpose();  // [out]

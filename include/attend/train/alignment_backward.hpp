@@ -139,6 +139,48 @@ void check_alignment_backward(const AlignmentCache<S>& cache, const Tensor<S>& k
   check(d.attentional_hidden, Hq, "attentional_hidden");
 }
 
+/// Checks that `c` (called `name` in messages) was filled by a forward of a module of these
+/// sizes, so that another module's cache is not read out of bounds: query [B, Hq], weights
+/// [B, T], context [B, Hk], and when asked tanh [B, T, A] (A > 0), qw [B, Hk], h~ [B, Hq].
+template <typename S>
+void check_alignment_cache(const AlignmentCache<S>& c, Index Hq, Index Hk, Index A, bool qw,
+                           bool attentional, const std::string& who, const std::string& name) {
+  const auto fail = [&](const char* member, const std::string& actual, const std::string& want) {
+    throw value_error(who + ": " + name + "." + member + " is " + actual + ", expected " + want +
+                      " (a cache of this module's forward)");
+  };
+  if (c.keys_shape.size() != 3 || c.keys_shape[2] != Hk) {
+    fail("keys_shape", shape_string(c.keys_shape), "[B, T, " + std::to_string(Hk) + "]");
+  }
+  const Index B = c.keys_shape[0], T = c.keys_shape[1];
+  const auto check = [&](const Matrix<S>& m, const char* member, Index cols) {
+    if (m.rows() != B || m.cols() != cols) fail(member, matrix_shape(m), shape_string({B, cols}));
+  };
+  check(c.query, "query", Hq);
+  check(c.weights, "weights", T);
+  check(c.context, "context", Hk);
+  if (A > 0 && c.tanh.shape() != Shape{B, T, A}) {
+    fail("tanh", shape_string(c.tanh.shape()), shape_string({B, T, A}));
+  }
+  if (qw) check(c.qw, "qw", Hk);
+  if (attentional) check(c.attentional_hidden, "attentional_hidden", Hq);
+}
+
+template <typename S>
+void check_alignment_cache(const BahdanauAttention<S>& m, const AlignmentCache<S>& c,
+                           const std::string& who, const std::string& name) {
+  check_alignment_cache(c, m.query_size(), m.key_size(), m.attention_size(), false, false, who,
+                        name);
+}
+
+template <typename S>
+void check_alignment_cache(const LuongAttention<S>& m, const AlignmentCache<S>& c,
+                           const std::string& who, const std::string& name) {
+  check_alignment_cache(c, m.query_size(), m.key_size(),
+                        m.score == LuongScore::concat ? m.W.rows() : 0,
+                        m.score == LuongScore::general, m.attentional(), who, name);
+}
+
 /// Bahdanau backward into caller-owned buffers: `d_query` assigned, `d_keys` accumulated,
 /// `d_proj` (when the forward took projected keys) accumulated. No checks.
 template <typename S>
@@ -253,6 +295,7 @@ AlignmentResult<Scalar> bahdanau_forward(
                       ", expected " + detail::shape_string(Shape{B, T, A}) +
                       " (B, T, attention_size)");
   }
+  if (given) detail::check_finite(projected_keys.as_matrix(), who, "projected_keys");
   const Tensor<Scalar> own = given ? Tensor<Scalar>() : m.project_keys(keys);
   const Tensor<Scalar>& kp = given ? projected_keys : own;
   AlignmentResult<Scalar> r{Matrix<Scalar>(B, T), Matrix<Scalar>(B, m.key_size()),
@@ -297,6 +340,7 @@ AlignmentGrad<Scalar> bahdanau_backward(const BahdanauAttention<Scalar>& m,
                                         BahdanauGrad<Scalar>& grads) {
   const std::string who = "bahdanau_backward";
   detail::check_alignment_backward(cache, keys, d_result, m.query_size(), who);
+  detail::check_alignment_cache(m, cache, who, "cache");
   const Index A = m.attention_size();
   detail::prepare_alignment_grad(grads.d_W1, A, m.key_size(), who, "d_W1");
   detail::prepare_alignment_grad(grads.d_W2, A, m.query_size(), who, "d_W2");
@@ -392,6 +436,7 @@ AlignmentGrad<Scalar> luong_backward(const LuongAttention<Scalar>& m,
                                      LuongGrad<Scalar>& grads) {
   const std::string who = "luong_backward";
   detail::check_alignment_backward(cache, keys, d_result, m.query_size(), who);
+  detail::check_alignment_cache(m, cache, who, "cache");
   if (m.score != LuongScore::dot)
     detail::prepare_alignment_grad(grads.d_W, m.W.rows(), m.W.cols(), who, "d_W");
   if (m.score == LuongScore::concat)

@@ -130,8 +130,13 @@ template <typename Cell, typename S>
 void check_cell_backward(const Cell& cell, const CellCache<S>& cache, const CellState<S>& dnext,
                          const std::string& who) {
   const Index G = Cell::gate_count, N = cell.hidden_size(), B = cache.x.rows();
+  const auto is_bn = [&](const Matrix<S>& m) { return m.rows() == B && m.cols() == N; };
+  // The states too: gates of the same width may come from another kind of cell (GRU N = 4
+  // and LSTM N = 3 both have 12), whose c_prev / aux the backward would read out of bounds.
+  const bool states_ok = is_bn(cache.h_prev) && (!Cell::has_cell_state || is_bn(cache.c_prev)) &&
+                         (G == 1 ? cache.aux.size() == 0 : is_bn(cache.aux));
   if (cache.gates.rows() != B || cache.gates.cols() != G * N || B == 0 ||
-      cache.x.cols() != cell.input_size()) {
+      cache.x.cols() != cell.input_size() || !states_ok) {
     throw value_error(who + ": cache is " + matrix_shape(cache.gates) + " gates, expected [B, " +
                       std::to_string(G * N) + "] filled by cell_forward with this cell");
   }

@@ -216,6 +216,13 @@ bool read_state(const SafeTensors& st, const std::string& prefix, const Shape& s
                        " is not an I64 scalar");
   }
   s.step = st.get<std::int64_t>(prefix + "step").data()[0];
+  // The next update computes step + 1 in int64 and beta^step in double: exact up to 2^53.
+  constexpr std::int64_t kMaxStep = std::int64_t(1) << 53;
+  if (s.step < 0 || s.step > kMaxStep) {
+    throw value_error("load_optimizer: '" + prefix + "step' in " + st.source() + " is " +
+                      std::to_string(s.step) + ", expected in [0, " + std::to_string(kMaxStep) +
+                      "]");
+  }
   s.exp_avg = read_state_tensor<Scalar>(st, prefix + "exp_avg", shape);
   s.exp_avg_sq = read_state_tensor<Scalar>(st, prefix + "exp_avg_sq", shape);
   if (st.contains(prefix + "max_exp_avg_sq")) {
@@ -266,7 +273,8 @@ void save_optimizer(const std::string& path, const Optimizer& optimizer,
 /// torch's Optimizer.load_state_dict), all or nothing. Parameters without saved state start
 /// fresh; a lr set after loading (a schedule) overrides the saved one.
 /// \param optimizer replaced by one built from the saved options, holding the saved state
-/// \throws value_error when the file holds another optimizer's state (or invalid options);
+/// \throws value_error when the file holds another optimizer's state (or invalid options,
+///   or an Adam step outside [0, 2^53]);
 ///   format_error on missing or malformed metadata; index_error on state of a parameter
 ///   that is not in params; shape_error on a state tensor of the wrong shape.
 template <typename Optimizer, typename Scalar>

@@ -125,9 +125,24 @@ typename Derived::Scalar cross_entropy_forward(
 /// rows, 0 for rows whose target is ignore_index; scale = 1 / count for the mean, else 1.
 /// \param cache from the forward \param d_loss upstream gradient of the scalar loss
 /// \returns [N, C] dx (assigned)
+/// \throws value_error when cache.targets has not N entries; index_error on a target outside
+///   [0, C) that is not ignore_index (a cache not filled by cross_entropy_forward).
 template <typename Scalar>
 Matrix<Scalar> cross_entropy_backward(const CrossEntropyCache<Scalar>& cache, double d_loss = 1.0) {
   const Index N = cache.probs.rows(), C = cache.probs.cols();
+  if (static_cast<Index>(cache.targets.size()) != N) {
+    throw value_error("cross_entropy_backward: cache.targets has " +
+                      std::to_string(cache.targets.size()) + " entries, expected " +
+                      std::to_string(N) + " (the rows of cache.probs)");
+  }
+  for (Index i = 0; i < N; ++i) {
+    const std::int64_t t = cache.targets[static_cast<std::size_t>(i)];
+    if (t != cache.ignore_index && (t < 0 || t >= C)) {
+      throw index_error("cross_entropy_backward: cache.targets[" + std::to_string(i) + "] is " +
+                        std::to_string(t) + ", expected in [0, " + std::to_string(C) +
+                        ") or ignore_index");
+    }
+  }
   const double eps = cache.label_smoothing;
   const Scalar coef = static_cast<Scalar>(d_loss * cache.scale);
   const Scalar uniform = static_cast<Scalar>(C == 0 ? 0.0 : eps / static_cast<double>(C));

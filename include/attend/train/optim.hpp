@@ -361,7 +361,8 @@ double clip_grad_norm_(const ParameterList<Scalar>& params, double max_norm, dou
 /// is `factor / sqrt(d_model * warmup_steps)`.
 /// \param step the update about to be taken, from 1 \param d_model > 0
 /// \param warmup_steps > 0 (4000 in the paper) \param factor a multiplier (1 in the paper)
-/// \throws value_error when step, d_model or warmup_steps is not positive.
+/// \throws value_error when step, d_model or warmup_steps is not positive, or factor is
+///   negative or not finite.
 /// \note Vaswani et al. 2017, eq. 3 (the "Noam" schedule).
 inline double warmup_inverse_sqrt_lr(std::int64_t step, std::int64_t d_model,
                                      std::int64_t warmup_steps = 4000, double factor = 1.0) {
@@ -370,6 +371,8 @@ inline double warmup_inverse_sqrt_lr(std::int64_t step, std::int64_t d_model,
                       std::to_string(d_model) + " and warmup_steps " +
                       std::to_string(warmup_steps) + ", expected all >= 1");
   }
+  detail::require_option(factor >= 0.0 && std::isfinite(factor), "warmup_inverse_sqrt_lr",
+                         "factor", factor, "a finite value >= 0");
   const double s = static_cast<double>(step), w = static_cast<double>(warmup_steps);
   return factor / std::sqrt(static_cast<double>(d_model)) *
          std::min(1.0 / std::sqrt(s), s / (w * std::sqrt(w)));

@@ -120,7 +120,12 @@ class ParameterList {
   }
   iterator begin() const noexcept { return params_.begin(); }
   iterator end() const noexcept { return params_.end(); }
+  /// \throws index_error when i is outside [0, size()).
   const ParameterRef<Scalar>& operator[](Index i) const {
+    if (i < 0 || i >= size()) {
+      throw index_error("ParameterList::operator[]: i is " + std::to_string(i) +
+                        ", expected in [0, " + std::to_string(size()) + ")");
+    }
     return params_[static_cast<std::size_t>(i)];
   }
 

@@ -129,6 +129,72 @@ void prepare_seq2seq_grad(const Seq2Seq<S>& m, Seq2SeqGrad<S>& g, const std::str
   if (m.out.has_bias()) prepare_grad(g.out.d_bias, m.out.bias.size(), 1, who, "grads.out.d_bias");
 }
 
+/// Checks that a non-empty cache was filled by seq2seq_loss of a model of `m`'s
+/// configuration (layers, sizes, attention): the members the backward reads.
+template <typename S>
+void check_seq2seq_cache(const Seq2Seq<S>& m, const Seq2SeqCache<S>& c, const std::string& who) {
+  const Seq2SeqBatchLayout& lay = c.layout;
+  const Index B = lay.B, N = m.options.hidden_size, layers = m.options.num_layers;
+  const auto fail = [&](const std::string& what, const std::string& actual,
+                        const std::string& want) {
+    throw value_error(who + ": cache." + what + " " + actual + ", expected " + want +
+                      " (a cache of seq2seq_loss with this model)");
+  };
+  const auto check_layers = [&](const std::vector<Seq2SeqLSTMTrace<S>>& traces, const char* what,
+                                const LSTM<S>& stack, Index T) {
+    if (static_cast<Index>(traces.size()) != layers) {
+      fail(what, "has " + std::to_string(traces.size()) + " layers", std::to_string(layers));
+    }
+    for (std::size_t k = 0; k < traces.size(); ++k) {
+      const Seq2SeqLSTMTrace<S>& tr = traces[k];
+      const Index in = stack.cells[k].input_size();
+      const bool ok = tr.x.rows() == T * B && tr.x.cols() == in && tr.h_prev.rows() == T * B &&
+                      tr.h_prev.cols() == N && tr.c_prev.rows() == T * B &&
+                      tr.c_prev.cols() == N && tr.gates.rows() == T * B &&
+                      tr.gates.cols() == 4 * N && tr.tanh_c.rows() == T * B &&
+                      tr.tanh_c.cols() == N;
+      if (!ok) {
+        fail(std::string(what) + "[" + std::to_string(k) + "].x", "is " + matrix_shape(tr.x),
+             shape_string({T * B, in}) + " with states [" + std::to_string(T * B) + ", " +
+                 std::to_string(N) + "]");
+      }
+    }
+  };
+  check_layers(c.encoder, "encoder", m.encoder, lay.S);
+  check_layers(c.decoder, "decoder", m.decoder, lay.L);
+  const Shape keys{B, lay.S, N};
+  if (c.keys.shape() != keys) {
+    fail("keys", "is " + shape_string(c.keys.shape()), shape_string(keys));
+  }
+  const Index out_cols = m.bahdanau ? 2 * N : N;
+  if (c.out_input.rows() != lay.L * B || c.out_input.cols() != out_cols) {
+    fail("out_input", "is " + matrix_shape(c.out_input), shape_string({lay.L * B, out_cols}));
+  }
+  const Index V = m.options.target_vocab;
+  if (c.loss.probs.rows() != lay.L * B || c.loss.probs.cols() != V) {
+    fail("loss.probs", "is " + matrix_shape(c.loss.probs), shape_string({lay.L * B, V}));
+  }
+  const bool attention = m.bahdanau || m.luong;
+  const std::size_t steps = attention ? static_cast<std::size_t>(lay.L) : 0;
+  if (c.alignment.size() != steps) {
+    fail("alignment", "has " + std::to_string(c.alignment.size()) + " steps",
+         std::to_string(steps));
+  }
+  if (m.bahdanau && c.projected_keys.shape() != Shape{B, lay.S, m.bahdanau->attention_size()}) {
+    fail("projected_keys", "is " + shape_string(c.projected_keys.shape()),
+         shape_string({B, lay.S, m.bahdanau->attention_size()}));
+  }
+  for (std::size_t i = 0; i < c.alignment.size(); ++i) {
+    const std::string name = "cache.alignment[" + std::to_string(i) + "]";
+    if (c.alignment[i].keys_shape != keys) {
+      fail(name.substr(6) + ".keys_shape", "is " + shape_string(c.alignment[i].keys_shape),
+           shape_string(keys));
+    }
+    if (m.bahdanau) check_alignment_cache(*m.bahdanau, c.alignment[i], who, name);
+    if (m.luong) check_alignment_cache(*m.luong, c.alignment[i], who, name);
+  }
+}
+
 /// The parameter gradients of one LSTM layer over all its steps in three products:
 /// `dW_ih += dpre^T x`, `dW_hh += dpre^T h_prev`, `db_ih = db_hh += colsum(dpre)`.
 /// \param dpre [T * B, 4N] pre-activation gradients of every step (0 rows for padding)
@@ -254,8 +320,8 @@ Scalar seq2seq_loss(const Seq2Seq<Scalar>& model,
 /// \param model the model of the forward (unchanged since) \param cache seq2seq_loss's
 /// \param grads accumulated (+=); empty members are zeroed first
 /// \param d_loss upstream gradient of the loss (1 for training)
-/// \throws value_error on an empty cache; shape_error when a non-empty gradient member has
-///   the wrong shape.
+/// \throws value_error on an empty cache or one of another model's configuration;
+///   shape_error when a non-empty gradient member has the wrong shape.
 /// \note Backpropagation through time (Werbos 1990) of Seq2Seq's equations.
 template <typename Scalar>
 void seq2seq_backward(const Seq2Seq<Scalar>& model, const Seq2SeqCache<Scalar>& cache,
@@ -265,6 +331,7 @@ void seq2seq_backward(const Seq2Seq<Scalar>& model, const Seq2SeqCache<Scalar>& 
   if (cache.layout.B == 0 || cache.loss.probs.size() == 0) {
     throw value_error(who + ": cache is empty, expected one filled by seq2seq_loss");
   }
+  detail::check_seq2seq_cache(model, cache, who);
   detail::prepare_seq2seq_grad(model, grads, who);
   const Seq2SeqBatchLayout& lay = cache.layout;
   const Index B = lay.B, L = lay.L, N = model.options.hidden_size, E = model.options.embedding_dim;

@@ -87,6 +87,18 @@ void prepare_layer_grads(std::vector<Grad>& layers, std::size_t n, const std::st
   }
 }
 
+/// Checks a stack's upstream gradient against the forward's input shape (before the final
+/// norm's backward, whose message would not name the stack); an empty shape (a cache not
+/// filled) is left to the layer's own check.
+template <typename Scalar>
+void check_stack_d_output(const Tensor<Scalar>& d_output, const Shape& want,
+                          const std::string& who, const char* input) {
+  if (!want.empty() && d_output.shape() != want) {
+    throw shape_error(who + ": d_output is " + shape_string(d_output.shape()) + ", expected " +
+                      shape_string(want) + " (the forward's " + input + ")");
+  }
+}
+
 /// The final norm of a stack applied to `x` in place, filling `cache`.
 template <typename Scalar>
 void final_norm_forward(const LayerNorm<Scalar>& norm, Tensor<Scalar>& x,
@@ -162,6 +174,7 @@ Tensor<Scalar> transformer_encoder_backward(const TransformerEncoder<Scalar>& en
                       " layers, expected " + std::to_string(encoder.layers.size()) +
                       " from transformer_encoder_forward");
   }
+  detail::check_stack_d_output(d_output, cache.layers.back().src_shape, who, "src");
   detail::prepare_layer_grads(grads.layers, encoder.layers.size(), who);
   Tensor<Scalar> d = d_output;
   if (encoder.norm) detail::final_norm_backward(*encoder.norm, cache.norm, grads.norm, d);
@@ -224,6 +237,7 @@ TransformerDecoderLayerInputGrads<Scalar> transformer_decoder_backward(
                       " layers, expected " + std::to_string(decoder.layers.size()) +
                       " from transformer_decoder_forward");
   }
+  detail::check_stack_d_output(d_output, cache.layers.back().tgt_shape, who, "tgt");
   detail::prepare_layer_grads(grads.layers, decoder.layers.size(), who);
   TransformerDecoderLayerInputGrads<Scalar> result;
   result.d_tgt = d_output;

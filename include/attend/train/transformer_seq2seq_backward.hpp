@@ -253,7 +253,7 @@ Scalar transformer_seq2seq_loss(const TransformerSeq2Seq<Scalar>& model,
 
 /// Gradient of transformer_seq2seq_loss with respect to every parameter.
 /// \param cache the loss's \param grads accumulated (+=) \param d_loss upstream gradient
-/// \throws value_error on an empty cache.
+/// \throws value_error on an empty cache, or one whose loss part is not the logits' shape.
 template <typename Scalar>
 void transformer_seq2seq_loss_backward(const TransformerSeq2Seq<Scalar>& model,
                                        const TransformerSeq2SeqLossCache<Scalar>& cache,
@@ -264,6 +264,12 @@ void transformer_seq2seq_loss_backward(const TransformerSeq2Seq<Scalar>& model,
         "by transformer_seq2seq_loss");
   }
   Tensor<Scalar> d_logits(cache.model.logits_shape);  // [L, B, V]
+  const Index V = cache.model.logits_shape.back(), R = d_logits.size() / std::max<Index>(V, 1);
+  if (cache.loss.probs.rows() != R || cache.loss.probs.cols() != V) {
+    throw value_error("transformer_seq2seq_loss_backward: cache.loss.probs is " +
+                      detail::matrix_shape(cache.loss.probs) + ", expected " +
+                      detail::shape_string({R, V}) + " (filled by transformer_seq2seq_loss)");
+  }
   d_logits.as_matrix() = cross_entropy_backward(cache.loss, d_loss);
   transformer_seq2seq_backward(model, cache.model, d_logits, grads);
 }
