@@ -47,7 +47,7 @@ using attend::Index;
 using attend::Mask;
 using attend::Matrix;
 using attend::Tensor;
-using attend::detail::FusedKernel;
+using attend::FusedKernel;
 
 using attend_test::inf;
 using attend_test::kGradTol;

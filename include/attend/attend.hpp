@@ -29,6 +29,7 @@
 
 #include "attend/attention/fused_portable.hpp"
 #include "attend/attention/fused_avx2.hpp"
+#include "attend/attention/dispatch.hpp"
 #include "attend/attention/mask.hpp"
 #include "attend/attention/alibi.hpp"
 #include "attend/attention/fused_kernels.hpp"

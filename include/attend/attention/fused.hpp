@@ -225,7 +225,7 @@ Matrix<typename DQ::Scalar> scaled_dot_product_attention_fused(
   FusedWorkspace<S> ws(q.cols(), v.cols());
   if (lse) lse->resize(q.rows());
   detail::attention_head_fused<S>(qr, kr, vr, mask, 0, 0, sc, out, ws,
-                                  detail::FusedKernel::automatic, lse ? lse->data() : nullptr);
+                                  FusedKernel::automatic, lse ? lse->data() : nullptr);
   return out;
 }
 
@@ -245,7 +245,7 @@ Tensor<S> scaled_dot_product_attention_fused(const Tensor<S>& query, const Tenso
   static_assert(is_supported_scalar_v<S>,
                 "attend::scaled_dot_product_attention_fused: Scalar must be float or double");
   return detail::scaled_dot_product_attention_fused(query, key, value, mask, scale,
-                                                    detail::FusedKernel::automatic, lse);
+                                                    FusedKernel::automatic, lse);
 }
 
 }  // namespace attend

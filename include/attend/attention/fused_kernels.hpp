@@ -3,6 +3,7 @@
 // tiles skipped by the mask), its per-head mask view, and the choice of tile code.
 #pragma once
 
+#include "attend/attention/dispatch.hpp"
 #include "attend/attention/fused_avx2.hpp"
 #include "attend/attention/fused_portable.hpp"
 #include "attend/attention/mask.hpp"
@@ -17,10 +18,6 @@
 #include <type_traits>
 
 namespace attend::detail {
-
-/// Which tile code the fused kernel runs: `automatic` picks AVX2/FMA micro-kernels for
-/// float when the CPU has them, `portable` forces the Eigen-packet kernels (tests use it).
-enum class FusedKernel { automatic, portable };
 
 /// The mask of one (batch, head) as raw pointers: element (i, j) of a broadcast plane is
 /// `ptr[i * row_stride + j * col_stride]` (a stride is 0 along a broadcast extent).
@@ -176,7 +173,7 @@ void fused_query_block(const FusedBlockArgs<S>& a, const HeadMaskView& mask, Ind
                        Index Sk, FusedKernel kernel) {
 #if ATTEND_FUSED_AVX2
   if constexpr (std::is_same_v<S, float>) {
-    if (kernel == FusedKernel::automatic && cpu_has_avx2_fma()) {
+    if (resolve_fused_kernel(kernel, true) == FusedKernel::avx2) {
       FusedBlockArgs<float> a2 = a;
       a2.scale = static_cast<float>(static_cast<double>(a.scale) *
                                     FusedAvx2::bias_factor);  // scores in log2 units
