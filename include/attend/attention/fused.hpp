@@ -100,10 +100,13 @@ namespace detail {
 
 /// Fused attention of query rows r0..r0+nq-1 of one head (a slice of the output). No checks.
 /// \param lse [L] the head's log-sum-exp per query (rows r0.. written), or null
+/// \param softcap logit soft-capping c > 0 (Gemma 2): scores c tanh(scale q.k / c) before
+///        the mask; 0 = off
 template <typename S>
 void attention_rows_fused(const MatrixCRef<S>& q, const MatrixCRef<S>& k, const MatrixCRef<S>& v,
                           const HeadMaskView& mask, S scale, Index r0, Index nq, MatrixRef<S> out,
-                          FusedWorkspace<S>& ws, FusedKernel kernel, S* lse = nullptr) {
+                          FusedWorkspace<S>& ws, FusedKernel kernel, S* lse = nullptr,
+                          S softcap = S(0)) {
   FusedBlockArgs<S> a = ws.args(q.cols(), v.cols());
   a.ldq = q.outerStride();
   a.k = k.data();
@@ -112,6 +115,7 @@ void attention_rows_fused(const MatrixCRef<S>& q, const MatrixCRef<S>& k, const 
   a.ldv = v.outerStride();
   a.ldo = out.outerStride();
   a.scale = scale;
+  a.softcap = softcap;
   for (Index i = r0; i < r0 + nq; i += fused_block_rows) {
     const Index n = std::min(fused_block_rows, r0 + nq - i);
     a.q = q.data() + i * a.ldq;
@@ -131,17 +135,19 @@ void attention_rows_fused(const MatrixCRef<S>& q, const MatrixCRef<S>& k, const 
 ///        for float on CPUs that have them)
 /// \param lse [L] if not null, receives `log sum_j exp(scale q_i . k_j + mask_ij)` per query
 ///        (natural log; -inf for a fully masked row): what the backward needs
+/// \param softcap logit soft-capping c > 0 as Gemma 2 / ggml: the scores are
+///        c tanh(scale q.k / c), then the mask is added; 0 (default) = off
 /// \note Online softmax: Milakov & Gimelshein 2018; tiling: Dao et al. 2022 (FlashAttention).
 template <typename S>
 void attention_head_fused(const MatrixCRef<S>& q, const MatrixCRef<S>& k, const MatrixCRef<S>& v,
                           const Mask& mask, Index b, Index h, S scale, MatrixRef<S> out,
                           FusedWorkspace<S>& ws, FusedKernel kernel = FusedKernel::automatic,
-                          S* lse = nullptr) {
+                          S* lse = nullptr, S softcap = S(0)) {
   eigen_assert(k.cols() == q.cols() && v.rows() == k.rows());
   eigen_assert(out.rows() == q.rows() && out.cols() == v.cols());
   if (!ws.fits(q.cols(), v.cols())) ws.reserve(q.cols(), v.cols());
   attention_rows_fused<S>(q, k, v, HeadMaskView(mask, b, h), scale, 0, q.rows(), out, ws, kernel,
-                          lse);
+                          lse, softcap);
 }
 
 /// Tensor form with the tile code chosen by `kernel` (the public overload uses automatic).

@@ -130,12 +130,13 @@ namespace detail {
 /// \param lse [L] the forward's log-sum-exp (-inf for a fully masked row)
 /// \param d_out [L, d_v] upstream \param dq [L, d_k] \param dk [S, d_k] \param dv [S, d_v]
 ///        (all three assigned)
+/// \param softcap the forward's logit soft-capping c (0 = off)
 template <typename S>
 void attention_head_fused_backward(const MatrixCRef<S>& q, const MatrixCRef<S>& k,
                                    const MatrixCRef<S>& v, const MatrixCRef<S>& out, const S* lse,
                                    const MatrixCRef<S>& d_out, const HeadMaskView& mask, S scale,
                                    MatrixRef<S> dq, MatrixRef<S> dk, MatrixRef<S> dv,
-                                   FusedBackwardWorkspace<S>& ws) {
+                                   FusedBackwardWorkspace<S>& ws, S softcap = S(0)) {
   eigen_assert(k.cols() == q.cols() && v.rows() == k.rows());
   eigen_assert(out.rows() == q.rows() && out.cols() == v.cols());
   eigen_assert(d_out.rows() == q.rows() && d_out.cols() == v.cols());
@@ -149,6 +150,7 @@ void attention_head_fused_backward(const MatrixCRef<S>& q, const MatrixCRef<S>& 
   const Index ldd = d_out.outerStride(), lddk = dk.outerStride(), lddv = dv.outerStride();
   if (!ws.fits(d_k, d_v)) ws.reserve(d_k, d_v);
   const FusedBackwardSlices<S> w = ws.slices(d_k, d_v);
+  (void)softcap;  // TODO(softcap): not applied yet
   dk.setZero();
   dv.setZero();
   for (Index r0 = 0; r0 < L; r0 += ld) {

@@ -37,6 +37,7 @@ struct FusedBlockArgs {
            // log, -inf for a fully masked row; null when not requested (the usual case)
   Index d_k, d_v;
   S scale;  // multiplies q . k (already times log2(e) on the AVX2 path)
+  S softcap;  // logit soft-capping c: scores = c tanh(s / c) before the mask; 0 = off
   // Workspace slices (see FusedWorkspace): 64-byte aligned.
   S* q_pack;  // [fused_block_rows, d_k] scaled queries (transposed panels on AVX2)
   S* scores;  // [fused_block_keys, fused_block_rows] scores, key-major (S^T tile)
