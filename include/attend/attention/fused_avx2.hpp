@@ -1,6 +1,8 @@
 // SPDX-License-Identifier: MIT
 // AVX2/FMA micro-kernels of the fused attention kernel (float): a 6x16 register block for
 // scores K Q^T, a 6x16 block for P V, an exp2 for non-positive inputs, the online softmax.
+// Every fixed-trip loop over registers is unrolled explicitly (ATTEND_UNROLL): the same
+// code at -O2 as at -O3.
 #pragma once
 
 #include "attend/attention/fused_portable.hpp"
@@ -55,6 +57,14 @@ __attribute__((target("avx2,fma"))) inline __m256 exp2_nonpositive(__m256 x) {
   return _mm256_mul_ps(p, _mm256_castsi256_ps(e));
 }
 
+/// e^(x - m) for x <= m (8 lanes) as 2^((x - m) log2 e): the difference in natural units
+/// first, then the change of base, so finite x and m of any size (a mask bias of float's
+/// lowest) give a finite difference or -inf, and x = m gives exactly 1. x = -inf, or a
+/// difference below -88, gives 0.
+__attribute__((target("avx2,fma"))) inline __m256 exp_minus(__m256 x, __m256 m) {
+  return exp2_nonpositive(_mm256_mul_ps(_mm256_sub_ps(x, m), _mm256_set1_ps(1.44269504088896341f)));
+}
+
 /// y[i] = 2^x[i] for x[i] <= 0, i < n (n a multiple of 8): exp2_nonpositive on arrays,
 /// callable from code compiled without AVX2 (tests check it against std::exp2).
 __attribute__((target("avx2,fma"))) inline void fused_exp2_nonpositive(const float* x, float* y,
@@ -64,26 +74,34 @@ __attribute__((target("avx2,fma"))) inline void fused_exp2_nonpositive(const flo
     _mm256_storeu_ps(y + i, exp2_nonpositive(_mm256_loadu_ps(x + i)));
 }
 
-/// Scores of R keys (rows of k) against a panel of 16 queries: st[r][0:16] = k[r] . qp.
-/// \param k [R, d_k] rows with stride ldk \param qp [d_k, 16] packed, scaled queries
+/// Scores of R keys (rows of k) against a panel of 16 queries: st[r][0:16] = (k[r] . qp)
+/// * scale (the raw dot product scaled once, as the reference: equal products stay equal).
+/// \param k [R, d_k] rows with stride ldk \param qp [d_k, 16] packed, unscaled queries
 /// \param st [R, 16] with row stride ldst (written)
 /// \param colmax [16] running max of the panel's scores over keys (updated)
 template <int R>
 __attribute__((target("avx2,fma"), always_inline)) inline void fused_qk_kernel(
-    const float* k, Index ldk, const float* qp, Index d_k, float* st, Index ldst, float* colmax) {
+    const float* k, Index ldk, const float* qp, Index d_k, float scale, float* st, Index ldst,
+    float* colmax) {
   __m256 c0[R], c1[R];
+  ATTEND_UNROLL
   for (int r = 0; r < R; ++r) c0[r] = c1[r] = _mm256_setzero_ps();
   for (Index p = 0; p < d_k; ++p) {
     const __m256 b0 = _mm256_load_ps(qp + 16 * p);
     const __m256 b1 = _mm256_load_ps(qp + 16 * p + 8);
+    ATTEND_UNROLL
     for (int r = 0; r < R; ++r) {
       const __m256 a = _mm256_broadcast_ss(k + r * ldk + p);
       c0[r] = _mm256_fmadd_ps(a, b0, c0[r]);
       c1[r] = _mm256_fmadd_ps(a, b1, c1[r]);
     }
   }
+  const __m256 sc = _mm256_set1_ps(scale);
   __m256 m0 = _mm256_load_ps(colmax), m1 = _mm256_load_ps(colmax + 8);
+  ATTEND_UNROLL
   for (int r = 0; r < R; ++r) {
+    c0[r] = _mm256_mul_ps(c0[r], sc);
+    c1[r] = _mm256_mul_ps(c1[r], sc);
     _mm256_store_ps(st + r * ldst, c0[r]);
     _mm256_store_ps(st + r * ldst + 8, c1[r]);
     m0 = _mm256_max_ps(m0, c0[r]);
@@ -102,28 +120,35 @@ __attribute__((target("avx2,fma"), always_inline)) inline void fused_pv_kernel(
     const float* pt, Index ldp, Index nk, const float* v, Index ldv, float* acc, Index ldacc,
     const float* alpha, __m256i tail) {
   __m256 c[R][NV];
+  ATTEND_UNROLL
   for (int r = 0; r < R; ++r) {
     const __m256 a = _mm256_broadcast_ss(alpha + r);
+    ATTEND_UNROLL
     for (int n = 0; n < NV; ++n)
       c[r][n] = _mm256_mul_ps(a, _mm256_load_ps(acc + r * ldacc + 8 * n));
   }
   for (Index j = 0; j < nk; ++j) {
     __m256 b[NV];
+    ATTEND_UNROLL
     for (int n = 0; n < NV; ++n) {
       b[n] = (Tail && n == NV - 1) ? _mm256_maskload_ps(v + j * ldv + 8 * n, tail)
                                    : _mm256_loadu_ps(v + j * ldv + 8 * n);
     }
+    ATTEND_UNROLL
     for (int r = 0; r < R; ++r) {
       const __m256 a = _mm256_broadcast_ss(pt + j * ldp + r);
+      ATTEND_UNROLL
       for (int n = 0; n < NV; ++n) c[r][n] = _mm256_fmadd_ps(a, b[n], c[r][n]);
     }
   }
+  ATTEND_UNROLL
   for (int r = 0; r < R; ++r) {
+    ATTEND_UNROLL
     for (int n = 0; n < NV; ++n) _mm256_store_ps(acc + r * ldacc + 8 * n, c[r][n]);
   }
 }
 
-/// Scores tile of one key block: st[j][i] = k[j] . qp[i] for j < nk, i < 16 * panels,
+/// Scores tile of one key block: st[j][i] = (k[j] . q[i]) * a.scale for j < nk, i < 16 * panels,
 /// and a.shift[i] = max_j st[j][i] (the block max, valid while no mask is applied).
 __attribute__((target("avx2,fma"))) inline void fused_qk_tile(const FusedBlockArgs<float>& a,
                                                               const float* k, Index nk,
@@ -140,20 +165,23 @@ __attribute__((target("avx2,fma"))) inline void fused_qk_tile(const FusedBlockAr
       float* mx = a.shift + 16 * pnl;
       // clang-format off
       switch (nk - j < 6 ? nk - j : 6) {  // keys left in the block
-        case 6: fused_qk_kernel<6>(kj, a.ldk, qp, a.d_k, out, ld, mx); break;
-        case 5: fused_qk_kernel<5>(kj, a.ldk, qp, a.d_k, out, ld, mx); break;
-        case 4: fused_qk_kernel<4>(kj, a.ldk, qp, a.d_k, out, ld, mx); break;
-        case 3: fused_qk_kernel<3>(kj, a.ldk, qp, a.d_k, out, ld, mx); break;
-        case 2: fused_qk_kernel<2>(kj, a.ldk, qp, a.d_k, out, ld, mx); break;
-        default: fused_qk_kernel<1>(kj, a.ldk, qp, a.d_k, out, ld, mx); break;
+        case 6: fused_qk_kernel<6>(kj, a.ldk, qp, a.d_k, a.scale, out, ld, mx); break;
+        case 5: fused_qk_kernel<5>(kj, a.ldk, qp, a.d_k, a.scale, out, ld, mx); break;
+        case 4: fused_qk_kernel<4>(kj, a.ldk, qp, a.d_k, a.scale, out, ld, mx); break;
+        case 3: fused_qk_kernel<3>(kj, a.ldk, qp, a.d_k, a.scale, out, ld, mx); break;
+        case 2: fused_qk_kernel<2>(kj, a.ldk, qp, a.d_k, a.scale, out, ld, mx); break;
+        default: fused_qk_kernel<1>(kj, a.ldk, qp, a.d_k, a.scale, out, ld, mx); break;
       }
       // clang-format on
     }
   }
 }
 
-/// Online softmax over one key block (log2 units): per query column, the new running max
-/// m, alpha = 2^(m_old - m), scores replaced by 2^(s - m), sum = sum * alpha + sum_j p.
+/// Online softmax over one key block (natural units, as the scores and the mask): per
+/// query column, the new running max m, alpha = 2^((m_old - m) log2 e), scores replaced by
+/// p = 2^((s - m) log2 e) = e^(s - m), sum = sum * alpha + sum_j p. The difference is taken
+/// before the change of base: a huge finite score (a mask bias of float's lowest) stays
+/// finite, and s = m gives p = 1 exactly.
 /// A column with no finite score yet keeps m = -inf and gets p = 0, alpha = 0.
 /// \param have_max the block max in a.shift is valid (no mask changed the scores)
 __attribute__((target("avx2,fma"))) inline void fused_softmax_update(const FusedBlockArgs<float>& a,
@@ -172,19 +200,19 @@ __attribute__((target("avx2,fma"))) inline void fused_softmax_update(const Fused
     }
     // Where nothing is finite yet, subtract 0 instead of -inf: 2^(-inf - 0) = 0, no NaN.
     const __m256 m_use = _mm256_andnot_ps(_mm256_cmp_ps(mx, neg_inf, _CMP_EQ_OQ), mx);
-    const __m256 alpha = exp2_nonpositive(_mm256_sub_ps(m_old, m_use));
+    const __m256 alpha = exp_minus(m_old, m_use);
     __m256 s0 = _mm256_setzero_ps(), s1 = _mm256_setzero_ps();
     Index j = 0;
     for (; j + 1 < nk; j += 2) {
-      const __m256 p0 = exp2_nonpositive(_mm256_sub_ps(_mm256_load_ps(col + j * ld), m_use));
-      const __m256 p1 = exp2_nonpositive(_mm256_sub_ps(_mm256_load_ps(col + (j + 1) * ld), m_use));
+      const __m256 p0 = exp_minus(_mm256_load_ps(col + j * ld), m_use);
+      const __m256 p1 = exp_minus(_mm256_load_ps(col + (j + 1) * ld), m_use);
       _mm256_store_ps(col + j * ld, p0);
       _mm256_store_ps(col + (j + 1) * ld, p1);
       s0 = _mm256_add_ps(s0, p0);
       s1 = _mm256_add_ps(s1, p1);
     }
     if (j < nk) {
-      const __m256 p0 = exp2_nonpositive(_mm256_sub_ps(_mm256_load_ps(col + j * ld), m_use));
+      const __m256 p0 = exp_minus(_mm256_load_ps(col + j * ld), m_use);
       _mm256_store_ps(col + j * ld, p0);
       s0 = _mm256_add_ps(s0, p0);
     }
@@ -240,7 +268,7 @@ __attribute__((target("avx2,fma"))) inline void fused_pv_tile(const FusedBlockAr
 }
 
 /// Packs queries r0..r0+nq-1 (a.q points at row r0) into 16-query panels [d_k, 16],
-/// multiplied by a.scale; lanes past nq are zero.
+/// unscaled (the score tile is scaled); lanes past nq are zero.
 __attribute__((target("avx2,fma"))) inline void fused_pack_queries(const FusedBlockArgs<float>& a,
                                                                    Index nq, Index panels) {
   for (Index pnl = 0; pnl < panels; ++pnl) {
@@ -249,7 +277,7 @@ __attribute__((target("avx2,fma"))) inline void fused_pack_queries(const FusedBl
       const Index i = pnl * 16 + t;
       if (i < nq) {
         const float* row = a.q + i * a.ldq;
-        for (Index p = 0; p < a.d_k; ++p) dst[16 * p + t] = row[p] * a.scale;
+        for (Index p = 0; p < a.d_k; ++p) dst[16 * p + t] = row[p];
       } else {
         for (Index p = 0; p < a.d_k; ++p) dst[16 * p + t] = 0.0f;
       }

@@ -78,18 +78,19 @@ inline TileKind classify_tile(const HeadMaskView& m, Index r0, Index nq, Index c
   return partial ? TileKind::masked : TileKind::clean;
 }
 
-/// Masks a key-major score tile: st[j * ld + i] is query r0 + i, key c0 + j. Adds
-/// bias * bias_factor, then sets blocked and future pairs to -inf.
+/// Masks a key-major score tile: st[j * ld + i] is query r0 + i, key c0 + j. Adds the
+/// bias (natural units, rounded to S first as Mask::apply does: float's lowest stays
+/// finite), then sets blocked and future pairs to -inf.
 template <typename S>
 void apply_mask_transposed(const HeadMaskView& m, Index r0, Index nq, Index c0, Index nk, S* st,
-                           Index ld, double bias_factor) {
+                           Index ld) {
   constexpr S neg_inf = -std::numeric_limits<S>::infinity();
   for (Index j = 0; j < nk; ++j) {
     S* row = st + j * ld;
     const Index key = c0 + j;
     if (m.bias) {
       const double* bias = m.bias + r0 * m.bias_rs + key * m.bias_cs;
-      for (Index i = 0; i < nq; ++i) row[i] += static_cast<S>(bias[i * m.bias_rs] * bias_factor);
+      for (Index i = 0; i < nq; ++i) row[i] += static_cast<S>(bias[i * m.bias_rs]);
     }
     if (m.blocked) {
       const bool* blocked = m.blocked + r0 * m.blocked_rs + key * m.blocked_cs;
@@ -106,9 +107,9 @@ void apply_mask_transposed(const HeadMaskView& m, Index r0, Index nq, Index c0, 
 }
 
 #if ATTEND_FUSED_AVX2
-/// AVX2/FMA tile code (float): register-blocked micro-kernels, exp2, log2 units.
+/// AVX2/FMA tile code (float): register-blocked micro-kernels, scores in natural units,
+/// e^(s - m) as 2^((s - m) log2 e).
 struct FusedAvx2 {
-  static constexpr double bias_factor = 1.4426950408889634;  // log2(e)
   static void pack_queries(const FusedBlockArgs<float>& a, Index nq) {
     fused_pack_queries(a, nq, (nq + 15) / 16);
   }
@@ -125,11 +126,14 @@ struct FusedAvx2 {
 #endif
 
 /// One query block: rows r0..r0+nq-1 (a.q and a.out point at row r0) against all Sk keys,
-/// one key block at a time; writes the nq output rows.
+/// one key block at a time; writes the nq output rows. Per tile: s = (q . k) * scale,
+/// s = c tanh(s / c) when a.softcap = c > 0, the mask, then the online softmax, all in
+/// natural units on every path (row_max and lse too).
 template <typename S, typename Path>
 void fused_query_block(const FusedBlockArgs<S>& a, const HeadMaskView& mask, Index r0, Index nq,
                        Index Sk) {
   constexpr Index ld = fused_block_rows;
+  const bool softcap = a.softcap > S(0);
   Path::pack_queries(a, nq);
   std::fill(a.row_max, a.row_max + ld, -std::numeric_limits<S>::infinity());
   std::fill(a.row_sum, a.row_sum + ld, S(0));
@@ -141,10 +145,10 @@ void fused_query_block(const FusedBlockArgs<S>& a, const HeadMaskView& mask, Ind
     const TileKind kind = classify_tile(mask, r0, nq, c0, nk);
     if (kind == TileKind::skip) continue;
     Path::scores(a, a.k + c0 * a.ldk, nk, nq);
-    if (kind == TileKind::masked) {
-      apply_mask_transposed<S>(mask, r0, nq, c0, nk, a.scores, ld, Path::bias_factor);
-    }
-    Path::softmax_update(a, nk, nq, kind == TileKind::clean);
+    if (softcap) fused_softcap_tile<S>(a.scores, ld, nk, nq, a.softcap);
+    if (kind == TileKind::masked) apply_mask_transposed<S>(mask, r0, nq, c0, nk, a.scores, ld);
+    // The block max the score kernel kept is stale once the mask or the cap changed scores.
+    Path::softmax_update(a, nk, nq, kind == TileKind::clean && !softcap);
     Path::pv(a, a.v + c0 * a.ldv, nk, nq);
   }
   for (Index i = 0; i < nq; ++i) {
@@ -155,14 +159,12 @@ void fused_query_block(const FusedBlockArgs<S>& a, const HeadMaskView& mask, Ind
     for (Index c = 0; c < a.d_v; ++c) out[c] = acc[c] * inv;
   }
   if (a.lse) {
-    // For the backward: lse = ln sum_j exp(s_j) = m + ln l (m in log2 units on AVX2:
-    // sum_j 2^(s_j log2 e) = 2^m l, so lse = m ln 2 + ln l). Computed in double.
+    // For the backward: lse = ln sum_j exp(s_j) = m + ln l (sum_j e^(s_j - m) = l), in
+    // double before the one rounding to S.
     for (Index i = 0; i < nq; ++i) {
       const double l = static_cast<double>(a.row_sum[i]);
-      a.lse[i] =
-          l > 0.0
-              ? static_cast<S>(static_cast<double>(a.row_max[i]) / Path::bias_factor + std::log(l))
-              : -std::numeric_limits<S>::infinity();
+      a.lse[i] = l > 0.0 ? static_cast<S>(static_cast<double>(a.row_max[i]) + std::log(l))
+                         : -std::numeric_limits<S>::infinity();
     }
   }
 }
@@ -174,10 +176,7 @@ void fused_query_block(const FusedBlockArgs<S>& a, const HeadMaskView& mask, Ind
 #if ATTEND_FUSED_AVX2
   if constexpr (std::is_same_v<S, float>) {
     if (resolve_fused_kernel(kernel, true) == FusedKernel::avx2) {
-      FusedBlockArgs<float> a2 = a;
-      a2.scale = static_cast<float>(static_cast<double>(a.scale) *
-                                    FusedAvx2::bias_factor);  // scores in log2 units
-      fused_query_block<float, FusedAvx2>(a2, mask, r0, nq, Sk);
+      fused_query_block<float, FusedAvx2>(a, mask, r0, nq, Sk);
       return;
     }
   }
