@@ -286,9 +286,17 @@ class LSTMCell {
 ///     n = tanh(xn + r * hn)           (b_hn stays inside the product with r)
 ///     h' = (1 - z) * n + z * h
 ///
+/// With `linear_before_reset` false (ONNX GRU's default, Keras `reset_after=False`) the
+/// reset gate applies to h before the hidden product of the n gate instead:
+///
+///     n = tanh(xn + (r * h) W_hn^T + b_hn)
+///
+/// r and z are unchanged. The parameters are the same either way.
+///
 /// Parameters keep torch.nn.GRUCell's names and layouts: `weight_ih` [3N, in], `weight_hh`
 /// [3N, N], `bias_ih` [3N], `bias_hh` [3N] (empty when bias is false), rows in gate order.
-/// \note torch.nn.GRUCell; Cho et al. 2014 (PyTorch applies r after the hidden product).
+/// \note torch.nn.GRUCell; Cho et al. 2014 (PyTorch applies r after the hidden product; the
+///       paper's form, r before it, is ONNX GRU with linear_before_reset = 0).
 /// \sa RNNCell, LSTMCell, GRU
 template <typename Scalar>
 class GRUCell {
@@ -303,8 +311,12 @@ class GRUCell {
   Matrix<Scalar> weight_hh;  // [3N, N]
   Vector<Scalar> bias_ih;    // [3N] or empty
   Vector<Scalar> bias_hh;    // [3N] or empty
+  /// true (PyTorch's form, the default): n = tanh(xn + r * (h W_hn^T + b_hn)); false (ONNX
+  /// GRU's default, Keras reset_after=False): n = tanh(xn + (r * h) W_hn^T + b_hn).
+  bool linear_before_reset = true;
 
-  /// Parameters U(-1/sqrt(N), 1/sqrt(N)) from `seed`, as PyTorch initialises them.
+  /// Parameters U(-1/sqrt(N), 1/sqrt(N)) from `seed`, as PyTorch initialises them;
+  /// linear_before_reset is true (set the member for the other form).
   /// \throws value_error when input_size or hidden_size is not positive.
   GRUCell(Index input_size, Index hidden_size, bool bias = true, std::uint64_t seed = 0) {
     Rng rng(seed);
@@ -344,21 +356,46 @@ class GRUCell {
   }
 
   /// The time-loop kernel: one step from the precomputed input projection. No checks, no
-  /// allocation; `h_next` may alias `h_prev`. `c_prev`, `c_next` are unused.
+  /// allocation; `h_next` may alias `h_prev` (with linear_before_reset false that costs one
+  /// [B, N] temporary: pass distinct buffers in a loop). `c_prev`, `c_next` are unused.
   /// \param xi [B, 3N] `x W_ih^T + b_ih` \param h_prev [B, N] \param gates [B, 3N]
-  /// workspace \param h_next [B, N] written
+  /// workspace, left holding the activated r, z, n \param h_next [B, N] written
   void step_projected(const MatrixCRef<Scalar>& xi, const MatrixCRef<Scalar>& h_prev,
                       const MatrixCRef<Scalar>& /*c_prev*/, MatrixRef<Scalar> gates,
                       MatrixRef<Scalar> h_next, MatrixRef<Scalar> /*c_next*/) const {
     const Index N = hidden_size();
-    detail::recurrent_projection<GRUCell, Scalar>(*this, h_prev, gates);  // [hr; hz; hn]
-    gates.leftCols(2 * N) += xi.leftCols(2 * N);
-    detail::sigmoid_inplace<Scalar>(gates.leftCols(2 * N));  // r, z
-    gates.rightCols(N).array() =
-        (xi.rightCols(N).array() + gates.leftCols(N).array() * gates.rightCols(N).array()).tanh();
+    if (linear_before_reset) {
+      detail::recurrent_projection<GRUCell, Scalar>(*this, h_prev, gates);  // [hr; hz; hn]
+      gates.leftCols(2 * N) += xi.leftCols(2 * N);
+      detail::sigmoid_inplace<Scalar>(gates.leftCols(2 * N));  // r, z
+      gates.rightCols(N).array() =
+          (xi.rightCols(N).array() + gates.leftCols(N).array() * gates.rightCols(N).array()).tanh();
+    } else if (h_next.data() != h_prev.data()) {
+      reset_before_gates(xi, h_prev, gates, h_next);  // h_next holds the n product meanwhile
+    } else {
+      Matrix<Scalar> hn(h_prev.rows(), N);  // [B, N]: h_next is h_prev, still to be read
+      reset_before_gates(xi, h_prev, gates, hn);
+    }
     // h' = (1 - z) * n + z * h = n + z * (h - n), element by element (h_next may be h_prev).
     h_next.array() = gates.rightCols(N).array() +
                      gates.middleCols(N, N).array() * (h_prev.array() - gates.rightCols(N).array());
+  }
+
+ private:
+  /// The gates r, z, n for linear_before_reset false: one product for the r, z rows of W_hh,
+  /// one for the n rows on r * h. `hn` [B, N] is scratch, distinct from h_prev and gates.
+  void reset_before_gates(const MatrixCRef<Scalar>& xi, const MatrixCRef<Scalar>& h_prev,
+                          MatrixRef<Scalar> gates, MatrixRef<Scalar> hn) const {
+    const Index N = hidden_size();
+    gates.leftCols(2 * N).noalias() = h_prev * weight_hh.topRows(2 * N).transpose();  // [B, 2N]
+    if (has_bias()) gates.leftCols(2 * N).rowwise() += bias_hh.head(2 * N).transpose();
+    gates.leftCols(2 * N) += xi.leftCols(2 * N);
+    detail::sigmoid_inplace<Scalar>(gates.leftCols(2 * N));  // r, z
+    // r * h in the n block, then (r * h) W_hn^T + b_hn in hn.
+    gates.rightCols(N).array() = gates.leftCols(N).array() * h_prev.array();
+    hn.noalias() = gates.rightCols(N) * weight_hh.bottomRows(N).transpose();
+    if (has_bias()) hn.rowwise() += bias_hh.tail(N).transpose();
+    gates.rightCols(N).array() = (xi.rightCols(N).array() + hn.array()).tanh();  // n
   }
 };
 

@@ -26,6 +26,10 @@ struct RecurrentOptions {
   bool batch_first = false;    ///< input and output [B, T, *] instead of [T, B, *]
   bool bidirectional = false;  ///< D = 2 directions, outputs concatenated [forward, reverse]
   Nonlinearity nonlinearity = Nonlinearity::tanh;  ///< RNN only (ignored by LSTM and GRU)
+  /// GRU only (ignored by RNN and LSTM): true is PyTorch's n = tanh(xn + r * (h W_hn^T +
+  /// b_hn)), false ONNX's default n = tanh(xn + (r * h) W_hn^T + b_hn); see GRUCell. Copied
+  /// into every cell at construction, and the cells' member is what forward reads.
+  bool linear_before_reset = true;
 };
 
 /// Recurrent state of every layer and direction: `h` [num_layers * D, B, N], and `c`
@@ -51,6 +55,7 @@ struct RecurrentWorkspace {
   Matrix<Scalar> xi;        // [B, G * N] input projection of one layer
   Matrix<Scalar> gates;     // [B, G * N]
   Matrix<Scalar> layer_in;  // [B, N] output of the layer below
+  Matrix<Scalar> h_new;     // [B, N] new h of a GRU layer with linear_before_reset false
 };
 
 /// A stack of recurrent layers over whole sequences, as torch.nn.RNN, nn.LSTM and nn.GRU

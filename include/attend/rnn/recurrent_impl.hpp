@@ -24,13 +24,18 @@ namespace attend {
 
 namespace detail {
 
-/// A cell of a layer: the RNN cell also takes the nonlinearity.
+/// A cell of a layer: the RNN cell also takes the nonlinearity, the GRU cell
+/// linear_before_reset.
 template <typename Cell>
-Cell make_cell(Index input_size, Index hidden_size, bool bias, Nonlinearity act, Rng& rng) {
+Cell make_cell(Index input_size, const RecurrentOptions& o, Rng& rng) {
   if constexpr (std::is_same_v<Cell, RNNCell<typename Cell::scalar_type>>) {
-    return Cell(input_size, hidden_size, bias, act, rng);
+    return Cell(input_size, o.hidden_size, o.bias, o.nonlinearity, rng);
+  } else if constexpr (std::is_same_v<Cell, GRUCell<typename Cell::scalar_type>>) {
+    Cell cell(input_size, o.hidden_size, o.bias, rng);
+    cell.linear_before_reset = o.linear_before_reset;
+    return cell;
   } else {
-    return Cell(input_size, hidden_size, bias, rng);
+    return Cell(input_size, o.hidden_size, o.bias, rng);
   }
 }
 
@@ -89,7 +94,7 @@ Recurrent<Scalar, CellType>::Recurrent(const RecurrentOptions& opts, std::uint64
   for (Index k = 0; k < options.num_layers; ++k) {
     const Index in = k == 0 ? options.input_size : D * N;
     for (Index d = 0; d < D; ++d) {
-      cells.push_back(detail::make_cell<Cell>(in, N, options.bias, options.nonlinearity, rng));
+      cells.push_back(detail::make_cell<Cell>(in, options, rng));
     }
   }
 }
@@ -277,6 +282,14 @@ void Recurrent<Scalar, CellType>::step(const MatrixCRef<Scalar>& x, RecurrentSta
     if constexpr (Cell::has_cell_state) {
       MatrixMap<Scalar> c = state.c.matrix(k);
       cell.step_projected(ws.xi, h, c, ws.gates, h, c);
+    } else if constexpr (std::is_same_v<Cell, GRUCell<Scalar>>) {
+      if (cell.linear_before_reset) {
+        cell.step_projected(ws.xi, h, no_cell, ws.gates, h, no_cell);
+      } else {  // h is read after the n product: a distinct output, then copied back
+        ws.h_new.resize(B, N);
+        cell.step_projected(ws.xi, h, no_cell, ws.gates, ws.h_new, no_cell);
+        h = ws.h_new;
+      }
     } else {
       cell.step_projected(ws.xi, h, no_cell, ws.gates, h, no_cell);
     }

@@ -30,7 +30,8 @@ struct CellCache {
   Matrix<Scalar> h_prev;  // [B, N] the state entering the step
   Matrix<Scalar> c_prev;  // [B, N] LSTM cell state entering the step, else empty
   Matrix<Scalar> gates;   // [B, G*N] activated gates: LSTM i, f, g, o; GRU r, z, n; RNN h'
-  Matrix<Scalar> aux;     // [B, N] LSTM tanh(c'); GRU hn = h W_hn^T + b_hn; RNN empty
+  Matrix<Scalar> aux;     // [B, N] LSTM tanh(c'); GRU hn = h W_hn^T + b_hn (r * h when
+                          // linear_before_reset is false); RNN empty
 };
 
 namespace detail {
@@ -84,6 +85,31 @@ void gru_step_backward(const MatrixCRef<S>& gates, const MatrixCRef<S>& hn,
   dgx.middleCols(N, N).array() = dh_a * (h_prev.array() - n) * z * (S(1) - z);  // dz_pre
   dgh.leftCols(2 * N) = dgx.leftCols(2 * N);  // r and z: x and h halves add before sigmoid
   dh_direct.array() = dh_a * z;
+}
+
+/// GRU step backward for linear_before_reset false, rows independent. With the forward
+///     n = tanh(xn + (r * h) W_hn^T + b_hn),   h' = n + z * (h - n),
+/// writes `dpre` [B, 3N], the gradient of the pre-activations of r, z and n (the x and h
+/// halves share it: both add before the activation), and `dh_direct` [B, N] = the part of
+/// dL/dh that bypasses W_hr and W_hz: z * dh' + r * d(r * h), with d(r * h) = dn_pre W_hn.
+/// \param weight_hn [N, N] the n rows of W_hh
+template <typename S>
+void gru_reset_before_step_backward(const MatrixCRef<S>& gates, const MatrixCRef<S>& h_prev,
+                                    const MatrixCRef<S>& dh, const MatrixCRef<S>& weight_hn,
+                                    MatrixRef<S> dpre, MatrixRef<S> dh_direct) {
+  const Index N = dh.cols();
+  const auto r = gates.leftCols(N).array();  // views, no copies
+  const auto z = gates.middleCols(N, N).array();
+  const auto n = gates.rightCols(N).array();
+  const auto dh_a = dh.array();
+  // h' = (1 - z) n + z h: dn = dh' (1 - z); n = tanh(a): da = dn (1 - n^2).
+  dpre.rightCols(N).array() = dh_a * (S(1) - z) * (S(1) - n * n);
+  // a = ... + (r * h) W_hn^T: d(r * h) = da W_hn, held in dh_direct for now.
+  dh_direct.noalias() = dpre.rightCols(N) * weight_hn;  // [B, N]
+  const auto drh = dh_direct.array();
+  dpre.leftCols(N).array() = drh * h_prev.array() * r * (S(1) - r);              // dr_pre
+  dpre.middleCols(N, N).array() = dh_a * (h_prev.array() - n) * z * (S(1) - z);  // dz_pre
+  dh_direct.array() = drh * r + dh_a * z;  // through r * h, and h' = ... + z h
 }
 
 /// Elman step backward: h' = act(pre). tanh' = 1 - h'^2; relu' = 1 where h' > 0, else 0
@@ -217,10 +243,14 @@ CellState<S> cell_forward(const GRUCell<S>& cell,
   cache->gates.resize(B, 3 * N);
   CellState<S> out{Matrix<S>(B, N), Matrix<S>()};
   cell.step_projected(xi, state.h, state.c, cache->gates, out.h, out.c);
-  // hn = h W_hn^T + b_hn, which the kernel overwrote with n.
   cache->aux.resize(B, N);
-  cache->aux.noalias() = state.h * cell.weight_hh.bottomRows(N).transpose();
-  if (cell.has_bias()) cache->aux.rowwise() += cell.bias_hh.tail(N).transpose();
+  if (cell.linear_before_reset) {
+    // hn = h W_hn^T + b_hn, which the kernel overwrote with n.
+    cache->aux.noalias() = state.h * cell.weight_hh.bottomRows(N).transpose();
+    if (cell.has_bias()) cache->aux.rowwise() += cell.bias_hh.tail(N).transpose();
+  } else {
+    cache->aux.array() = cache->gates.leftCols(N).array() * state.h.array();  // r * h
+  }
   return out;
 }
 
@@ -268,6 +298,7 @@ void cell_backward(const LSTMCell<S>& cell, const CellCache<S>& cache, const Cel
 }
 
 /// Backward of one GRU step; as cell_backward(LSTMCell, ...) without c (dprev.c is emptied).
+/// Either form of the n gate (cell.linear_before_reset, unchanged since the forward).
 template <typename S>
 void cell_backward(const GRUCell<S>& cell, const CellCache<S>& cache, const CellState<S>& dnext,
                    CellGrad<S>& grad, Matrix<S>& dx, CellState<S>& dprev) {
@@ -276,10 +307,29 @@ void cell_backward(const GRUCell<S>& cell, const CellCache<S>& cache, const Cell
   detail::prepare_cell_grad(cell, grad, who);
   const Index B = cache.x.rows(), N = cell.hidden_size();
   const Matrix<S> dh = detail::or_zeros(dnext.h, B, N);
-  Matrix<S> dgx(B, 3 * N), dgh(B, 3 * N), direct(B, N);
-  detail::gru_step_backward<S>(cache.gates, cache.aux, cache.h_prev, dh, dgx, dgh, direct);
-  detail::cell_param_backward(cell, cache, dgx, dgh, grad, dx, dprev.h);
-  dprev.h += direct;  // h' = n + z (h - n) also holds h directly
+  Matrix<S> direct(B, N);  // [B, N]
+  if (cell.linear_before_reset) {
+    Matrix<S> dgx(B, 3 * N), dgh(B, 3 * N);  // [B, 3N]
+    detail::gru_step_backward<S>(cache.gates, cache.aux, cache.h_prev, dh, dgx, dgh, direct);
+    detail::cell_param_backward(cell, cache, dgx, dgh, grad, dx, dprev.h);
+    dprev.h += direct;  // h' = n + z (h - n) also holds h directly
+    dprev.c.resize(0, 0);
+    return;
+  }
+  Matrix<S> dpre(B, 3 * N);  // [B, 3N] pre-activations of r, z, n
+  detail::gru_reset_before_step_backward<S>(cache.gates, cache.h_prev, dh,
+                                            cell.weight_hh.bottomRows(N), dpre, direct);
+  // r, z rows of W_hh read h; the n rows read r * h (cache.aux).
+  grad.weight_ih.noalias() += dpre.transpose() * cache.x;  // [3N, in]
+  grad.weight_hh.topRows(2 * N).noalias() += dpre.leftCols(2 * N).transpose() * cache.h_prev;
+  grad.weight_hh.bottomRows(N).noalias() += dpre.rightCols(N).transpose() * cache.aux;
+  if (cell.has_bias()) {
+    grad.bias_ih += dpre.colwise().sum().transpose();
+    grad.bias_hh += dpre.colwise().sum().transpose();
+  }
+  dx.noalias() = dpre * cell.weight_ih;  // [B, in]
+  dprev.h = direct;
+  dprev.h.noalias() += dpre.leftCols(2 * N) * cell.weight_hh.topRows(2 * N);  // [B, N]
   dprev.c.resize(0, 0);
 }
 

@@ -29,7 +29,8 @@ struct RecurrentCache {
   std::vector<Matrix<Scalar>> gates;   // [slots] [T * B, G * N] activated gates (RNN: h')
   std::vector<Matrix<Scalar>> h_prev;  // [slots] [T * B, N] state entering each step
   std::vector<Matrix<Scalar>> c_prev;  // [slots] [T * B, N] LSTM cell state entering, else empty
-  std::vector<Matrix<Scalar>> aux;     // [slots] [T * B, N] LSTM tanh(c'), GRU hn, RNN empty
+  std::vector<Matrix<Scalar>> aux;     // [slots] [T * B, N] LSTM tanh(c'), GRU hn (r * h when
+                                       // linear_before_reset is false), RNN empty
 };
 
 /// Parameter gradients of a stack: `cells[k * D + d]` belongs to `layer.cells[k * D + d]`.
@@ -229,9 +230,14 @@ RecurrentOutput<S> recurrent_forward(const Recurrent<S, CellType>& layer, const 
         }
       }
       if constexpr (std::is_same_v<Cell, GRUCell<S>>) {
-        // hn = h W_hn^T + b_hn of every step, which the kernel overwrote with n: one product.
-        c.aux[us].noalias() = c.h_prev[us] * cell.weight_hh.bottomRows(N).transpose();
-        if (cell.has_bias()) c.aux[us].rowwise() += cell.bias_hh.tail(N).transpose();
+        if (cell.linear_before_reset) {
+          // hn = h W_hn^T + b_hn of every step, which the kernel overwrote with n: one product.
+          c.aux[us].noalias() = c.h_prev[us] * cell.weight_hh.bottomRows(N).transpose();
+          if (cell.has_bias()) c.aux[us].rowwise() += cell.bias_hh.tail(N).transpose();
+        } else {
+          // r * h of every step, the input of the n rows of W_hh (the kernel overwrote it).
+          c.aux[us].array() = c.gates[us].leftCols(N).array() * c.h_prev[us].array();
+        }
       }
       result.h_n.matrix(slot) = h;
       if (Cell::has_cell_state) result.c_n.matrix(slot) = cs;
@@ -321,7 +327,12 @@ RecurrentInputGrads<S> recurrent_backward(const Recurrent<S, CellType>& layer,
       const auto us = static_cast<std::size_t>(slot);
       const Cell& cell = layer.cells[us];
       CellGrad<S>& g = grad.cells[us];
-      Matrix<S>& dg_h = is_gru ? dgh : dgx;  // gradient of the hidden half h W_hh^T + b_hh
+      // GRU with linear_before_reset false: r, z and n pre-activations take one gradient for
+      // their x and h halves (dgx), and the n rows of W_hh multiply r * h instead of h.
+      bool reset_before = false;
+      if constexpr (is_gru) reset_before = !cell.linear_before_reset;
+      // gradient of the hidden half h W_hh^T + b_hh
+      Matrix<S>& dg_h = is_gru && !reset_before ? dgh : dgx;
       if (d_h_n.size()) {
         dh = d_h_n.matrix(slot);
       } else {
@@ -346,9 +357,15 @@ RecurrentInputGrads<S> recurrent_backward(const Recurrent<S, CellType>& layer,
           detail::lstm_step_backward<S>(rows(cache.gates[us], G * N), rows(cache.c_prev[us], N),
                                         rows(cache.aux[us], N), dh_tot, dc, dgx_t, dc_new);
         } else if constexpr (is_gru) {
-          detail::gru_step_backward<S>(
-              rows(cache.gates[us], G * N), rows(cache.aux[us], N), rows(cache.h_prev[us], N),
-              dh_tot, dgx_t, detail::step_rows<S>(dgh.data(), t, T, B, G * N, G * N, bf), direct);
+          if (reset_before) {
+            detail::gru_reset_before_step_backward<S>(rows(cache.gates[us], G * N),
+                                                      rows(cache.h_prev[us], N), dh_tot,
+                                                      cell.weight_hh.bottomRows(N), dgx_t, direct);
+          } else {
+            detail::gru_step_backward<S>(
+                rows(cache.gates[us], G * N), rows(cache.aux[us], N), rows(cache.h_prev[us], N),
+                dh_tot, dgx_t, detail::step_rows<S>(dgh.data(), t, T, B, G * N, G * N, bf), direct);
+          }
         } else {
           detail::rnn_step_backward<S>(rows(cache.gates[us], N), cell.nonlinearity, dh_tot, dgx_t);
         }
@@ -359,8 +376,12 @@ RecurrentInputGrads<S> recurrent_backward(const Recurrent<S, CellType>& layer,
             if (is_gru) dgh_t.row(b).setZero();
           }
         }
-        dh_new.noalias() = dgh_t * cell.weight_hh;  // [B, N]: through h W_hh^T
-        if constexpr (is_gru) dh_new += direct;     // h' = n + z (h - n)
+        if (reset_before) {  // [B, N]: through h W_hr^T, h W_hz^T; direct holds the rest
+          dh_new.noalias() = dgh_t.leftCols(2 * N) * cell.weight_hh.topRows(2 * N);
+        } else {
+          dh_new.noalias() = dgh_t * cell.weight_hh;  // [B, N]: through h W_hh^T
+        }
+        if constexpr (is_gru) dh_new += direct;  // h' = n + z (h - n) (and r * h)
         for (Index b = 0; b < B; ++b) {
           if (valid(t, b)) {  // else: the state passed through unchanged, so does dh (dc)
             dh.row(b) = dh_new.row(b);
@@ -371,8 +392,13 @@ RecurrentInputGrads<S> recurrent_backward(const Recurrent<S, CellType>& layer,
       result.d_h0.matrix(slot) = dh;
       if (is_lstm) result.d_c0.matrix(slot) = dc;
       // Parameter and input gradients of all steps, one product each.
-      g.weight_ih.noalias() += dgx.transpose() * x;                  // [G*N, in_k]
-      g.weight_hh.noalias() += dg_h.transpose() * cache.h_prev[us];  // [G*N, N]
+      g.weight_ih.noalias() += dgx.transpose() * x;  // [G*N, in_k]
+      if (reset_before) {                            // the n rows read r * h (cache.aux)
+        g.weight_hh.topRows(2 * N).noalias() += dg_h.leftCols(2 * N).transpose() * cache.h_prev[us];
+        g.weight_hh.bottomRows(N).noalias() += dg_h.rightCols(N).transpose() * cache.aux[us];
+      } else {
+        g.weight_hh.noalias() += dg_h.transpose() * cache.h_prev[us];  // [G*N, N]
+      }
       if (cell.has_bias()) {
         g.bias_ih += dgx.colwise().sum().transpose();
         g.bias_hh += dg_h.colwise().sum().transpose();
