@@ -150,17 +150,19 @@ void attention_head_fused(const MatrixCRef<S>& q, const MatrixCRef<S>& k, const 
                           lse, softcap);
 }
 
-/// Tensor form with the tile code chosen by `kernel` (the public overload uses automatic).
+/// Tensor form with the tile code chosen by `kernel` (the public overloads use automatic):
+/// any rank >= 2, enable_gqa and logit_softcap as scaled_dot_product_attention.
 /// \param lse if not null, receives [..., L] (query's shape without d_k)
 template <typename S>
 Tensor<S> scaled_dot_product_attention_fused(const Tensor<S>& query, const Tensor<S>& key,
                                              const Tensor<S>& value, const Mask& mask,
-                                             std::optional<double> scale, FusedKernel kernel,
+                                             const SdpaOptions& options, FusedKernel kernel,
                                              Tensor<S>* lse = nullptr) {
   const std::string who = "scaled_dot_product_attention_fused";
-  const AttentionDims dims = check_attention_tensors(query, key, value, mask, scale, who);
+  const AttentionDims dims = check_attention_tensors(query, key, value, mask, options, who);
+  const Mask& m = dims.mask(mask);  // over the canonical [B, H, L, S]
   const Index H = dims.H, L = dims.L, Sk = dims.S, d_k = dims.d_k, d_v = dims.d_v;
-  const S sc = static_cast<S>(dims.scale);
+  const S sc = static_cast<S>(dims.scale), cap = static_cast<S>(dims.softcap);
   Shape out_shape = query.shape();
   out_shape.back() = d_v;
   Tensor<S> output(out_shape);
@@ -176,15 +178,16 @@ Tensor<S> scaled_dot_product_attention_fused(const Tensor<S>& query, const Tenso
   const Index n_qblocks = (L + fused_block_rows - 1) / fused_block_rows;
   const Index n_items = dims.B * H * n_qblocks;
   const auto run_item = [&](Index item, FusedWorkspace<S>& ws) {
-    const Index n = item / n_qblocks;  // flat (batch, head) index of the [L, d] matrices
+    const Index n = item / n_qblocks;  // flat (batch, head) index of the query's [L, d]
+    const Index kv = dims.kv_index(n);  // and of the key/value matrices it reads (GQA)
     const Index r0 = (item % n_qblocks) * fused_block_rows;
     const ConstMatrixMap<S> q(query.data() + n * L * d_k, L, d_k);
-    const ConstMatrixMap<S> k(key.data() + n * Sk * d_k, Sk, d_k);
-    const ConstMatrixMap<S> v(value.data() + n * Sk * d_v, Sk, d_v);
+    const ConstMatrixMap<S> k(key.data() + kv * Sk * d_k, Sk, d_k);
+    const ConstMatrixMap<S> v(value.data() + kv * Sk * d_v, Sk, d_v);
     MatrixMap<S> out(output.data() + n * L * d_v, L, d_v);
-    attention_rows_fused<S>(q, k, v, HeadMaskView(mask, n / H, n % H), sc, r0,
+    attention_rows_fused<S>(q, k, v, HeadMaskView(m, n / H, n % H), sc, r0,
                             std::min(fused_block_rows, L - r0), out, ws, kernel,
-                            lse_data ? lse_data + n * L : nullptr);
+                            lse_data ? lse_data + n * L : nullptr, cap);
   };
 #if defined(_OPENMP)
   std::vector<FusedWorkspace<S>> workspaces(static_cast<std::size_t>(omp_get_max_threads()));
@@ -199,6 +202,17 @@ Tensor<S> scaled_dot_product_attention_fused(const Tensor<S>& query, const Tenso
   for (Index item = 0; item < n_items; ++item) run_item(item, ws);
 #endif
   return output;
+}
+
+/// As above with only a scale (no GQA, no soft-capping).
+template <typename S>
+Tensor<S> scaled_dot_product_attention_fused(const Tensor<S>& query, const Tensor<S>& key,
+                                             const Tensor<S>& value, const Mask& mask,
+                                             std::optional<double> scale, FusedKernel kernel,
+                                             Tensor<S>* lse = nullptr) {
+  SdpaOptions options;
+  options.scale = scale;
+  return scaled_dot_product_attention_fused(query, key, value, mask, options, kernel, lse);
 }
 
 }  // namespace detail
@@ -235,23 +249,48 @@ Matrix<typename DQ::Scalar> scaled_dot_product_attention_fused(
   return out;
 }
 
-/// Batched fused attention on tensors `[B, H, L, d]`, `[B, L, d]` or `[L, d]`, with the
-/// same shapes, mask broadcasting and checks as scaled_dot_product_attention.
+/// Fused attention on tensors of any rank >= 2 with PyTorch's options (enable_gqa) and
+/// logit soft-capping: the same shapes, mask broadcasting, checks and messages as the
+/// SdpaOptions overload of scaled_dot_product_attention (the reference), without forming
+/// the [L, S] weights.
+/// \param query [..., L, d_k] \param key [..., S, d_k] (or [..., H_kv, S, d_k] under GQA)
+/// \param value [..., S, d_v] (as key) \param mask broadcastable to [..., L, S]
+/// \param options scale (default 1/sqrt(d_k)), enable_gqa, logit_softcap
+/// \param lse if not null, receives [..., L] the log-sum-exp per query of the masked,
+///        scaled (soft-capped) scores, for scaled_dot_product_attention_fused_backward
+/// \returns output [..., L, d_v]
+/// \throws shape_error on rank or extent mismatch, H % H_kv != 0 under enable_gqa, or a
+///         mask that does not broadcast; value_error on NaN/Inf, a bad scale or soft-cap.
+/// \note With OpenMP enabled, (batch, head, query block) items run in parallel, one
+///       workspace per thread; results are identical for any number of threads. The
+///       process-wide fused_kernel() setting chooses the tile code.
+/// \sa scaled_dot_product_attention (the reference, which can return the weights)
+template <typename S>
+Tensor<S> scaled_dot_product_attention_fused(const Tensor<S>& query, const Tensor<S>& key,
+                                             const Tensor<S>& value, const Mask& mask,
+                                             const SdpaOptions& options,
+                                             Tensor<S>* lse = nullptr) {
+  static_assert(is_supported_scalar_v<S>,
+                "attend::scaled_dot_product_attention_fused: Scalar must be float or double");
+  return detail::scaled_dot_product_attention_fused(query, key, value, mask, options,
+                                                    FusedKernel::automatic, lse);
+}
+
+/// Batched fused attention on tensors with only a scale: the SdpaOptions overload with
+/// `options.scale = scale`. Pass `std::nullopt` rather than `{}` for the default scale
+/// (`{}` would also match SdpaOptions).
 /// \param query [..., L, d_k] \param key [..., S, d_k] \param value [..., S, d_v]
 /// \param lse if not null, receives [..., L] the log-sum-exp per query (for the backward)
 /// \returns output [..., L, d_v]
-/// \throws shape_error on rank or extent mismatch; value_error on NaN/Inf or a bad scale.
-/// \note With OpenMP enabled, (batch, head, query block) items run in parallel, one
-///       workspace per thread; results are identical for any number of threads.
+/// \throws as the SdpaOptions overload.
 template <typename S>
 Tensor<S> scaled_dot_product_attention_fused(const Tensor<S>& query, const Tensor<S>& key,
                                              const Tensor<S>& value, const Mask& mask = Mask(),
                                              std::optional<double> scale = std::nullopt,
                                              Tensor<S>* lse = nullptr) {
-  static_assert(is_supported_scalar_v<S>,
-                "attend::scaled_dot_product_attention_fused: Scalar must be float or double");
-  return detail::scaled_dot_product_attention_fused(query, key, value, mask, scale,
-                                                    FusedKernel::automatic, lse);
+  SdpaOptions options;
+  options.scale = scale;
+  return scaled_dot_product_attention_fused(query, key, value, mask, options, lse);
 }
 
 }  // namespace attend
