@@ -2,7 +2,7 @@
 // Conformance gradient cases (FIXTURES.md `upstream.` and `grad.` tensors): forward plus
 // backward of multihead_attention, embedding, transformer_encoder_layer,
 // transformer_decoder_layer and the recurrent stacks rnn, lstm and gru (backpropagation
-// through time).
+// through time); the functions and small modules are in grad_op_cases.hpp.
 //
 // Wiring (runner.hpp): run_case_bytes calls `run_grad_case<S>(c, out)` for a case holding
 // upstream./grad. tensors (UNSUPPORTED when it returns false, i.e. for a module without a
@@ -48,12 +48,18 @@ template <typename S>
 TransformerDecoderLayerArgs read_decoder_args(const Case& c, Index nhead);
 // Of rnn_cases.hpp, which may likewise be compiled after this file.
 inline Nonlinearity read_nonlinearity(const Case& c);
+inline RecurrentOptions read_recurrent_options(const Case& c);
+
+// Of grad_op_cases.hpp (the functions and small modules), included after this file.
+inline bool op_grad_module_supported(const std::string& module);
+template <typename S>
+bool run_op_grad_case(const Case& c, Outputs<S>& out);
 
 /// Whether run_grad_case handles gradient cases of `module`.
 inline bool grad_module_supported(const std::string& module) {
   return module == "multihead_attention" || module == "embedding" ||
          module == "transformer_encoder_layer" || module == "transformer_decoder_layer" ||
-         module == "rnn" || module == "lstm" || module == "gru";
+         module == "rnn" || module == "lstm" || module == "gru" || op_grad_module_supported(module);
 }
 
 /// Rejects `upstream.` tensors other than those of `known` outputs: an upstream gradient
@@ -97,7 +103,9 @@ template <typename S, typename Module, typename Grad>
 void emit_parameter_grads(Module& m, Grad& g, Outputs<S>& out) {
   named_parameters(m, g, [&](const std::string& name, auto& /*value*/, auto& grad) {
     using Plain = std::decay_t<decltype(grad)>;
-    if constexpr (Plain::ColsAtCompileTime == 1) {
+    if constexpr (std::is_same_v<Plain, Tensor<S>>) {
+      out.emplace("grad." + name, grad);  // MultiheadAttention's bias_k, bias_v [1, 1, E]
+    } else if constexpr (Plain::ColsAtCompileTime == 1) {
       out.emplace("grad." + name, vector_tensor<S>(grad));
     } else {
       out.emplace("grad." + name, Tensor<S>::from_matrix(grad));
@@ -107,58 +115,11 @@ void emit_parameter_grads(Module& m, Grad& g, Outputs<S>& out) {
 
 template <typename S>
 void run_mha_grad(const Case& c, Outputs<S>& out) {
-  allow_options(c,
-                {"embed_dim", "num_heads", "bias", "kdim", "vdim", "batch_first", "need_weights",
-                 "average_attn_weights", "is_causal", "dropout", "add_bias_kv", "add_zero_attn"});
-  allow_inputs(c, {"query", "key", "value", "key_padding_mask", "attn_mask"});
+  const MultiheadAttentionOptions o = read_mha_options(c);
   allow_upstreams(c, {"output", "attn_weights"});
-  ignore_dropout(c, "dropout");
-  if (opt_bool(c, "add_bias_kv", false)) throw unsupported("option 'add_bias_kv'");
-  if (opt_bool(c, "add_zero_attn", false)) throw unsupported("option 'add_zero_attn'");
-  MultiheadAttentionOptions o;
-  o.embed_dim = opt_required_int(c, "embed_dim");
-  o.num_heads = opt_required_int(c, "num_heads");
-  o.bias = opt_bool(c, "bias", true);
-  o.kdim = opt_int(c, "kdim").value_or(0);
-  o.vdim = opt_int(c, "vdim").value_or(0);
-  o.batch_first = opt_bool(c, "batch_first", false);
-  if (o.embed_dim > 0 && o.kdim >= 0 && o.vdim >= 0) {
-    // As run_mha: the file must hold the parameters before the constructor allocates them.
-    const Index E = o.embed_dim, kdim = o.kdim ? o.kdim : E, vdim = o.vdim ? o.vdim : E;
-    std::vector<std::pair<std::string, Shape>> params{{"out_proj.weight", {E, E}}};
-    if (kdim == E && vdim == E) {
-      params.push_back({"in_proj_weight", {3 * E, E}});
-    } else {
-      params.push_back({"q_proj_weight", {E, E}});
-      params.push_back({"k_proj_weight", {E, kdim}});
-      params.push_back({"v_proj_weight", {E, vdim}});
-    }
-    for (const auto& p : params) {
-      attend::detail::require_parameter(*c.st, p.first, p.second, "multihead_attention");
-    }
-  }
   MultiheadAttention<S> mha(o);
   mha.load_state_dict(*c.st);
-  MultiheadAttentionArgs a;
-  a.need_weights = opt_bool(c, "need_weights", true);
-  a.average_attn_weights = opt_bool(c, "average_attn_weights", true);
-  a.is_causal = opt_bool(c, "is_causal", false);
-  if (c.st->contains("input.key_padding_mask")) {
-    const std::string name = "input.key_padding_mask";
-    if (is_bool_dtype(c.st->dtype(name))) {
-      a.key_padding_mask = Mask::key_padding(c.st->get<bool>(name));
-    } else {
-      const Tensor<S> kp = c.st->get<S>(name);
-      if (kp.rank() != 2) {
-        throw shape_error("key_padding_mask is " + attend::detail::shape_string(kp.shape()) +
-                          ", expected [B, S]");
-      }
-      a.key_padding_mask = Mask::additive(kp.reshaped({kp.dim(0), 1, 1, kp.dim(1)}));
-    }
-  }
-  if (c.st->contains("input.attn_mask")) {
-    a.attn_mask = read_mask<S>(c, "input.attn_mask", o.num_heads);
-  }
+  const MultiheadAttentionArgs a = read_mha_args<S>(c, o);
   if (c.st->contains("upstream.attn_weights") && !a.need_weights) {
     throw format_error("upstream.attn_weights given, but need_weights is false");
   }
@@ -198,6 +159,10 @@ void run_mha_grad(const Case& c, Outputs<S>& out) {
   if (o.bias) {
     out.emplace("grad.in_proj_bias", vector_tensor(g.d_in_proj_bias));
     out.emplace("grad.out_proj.bias", vector_tensor(g.d_out_proj_bias));
+  }
+  if (o.add_bias_kv) {  // [1, 1, E] in the state dict
+    out.emplace("grad.bias_k", g.d_bias_k);
+    out.emplace("grad.bias_v", g.d_bias_v);
   }
   out.emplace("grad.input.query", std::move(d.d_query));
   if (has_k) {
@@ -291,24 +256,13 @@ void run_decoder_layer_grad(const Case& c, Outputs<S>& out) {
 template <typename S, template <typename> class CellType>
 void run_recurrent_grad(const Case& c, Outputs<S>& out) {
   const bool lstm = c.module == "lstm";
-  allow_options(c, {"input_size", "hidden_size", "num_layers", "bias", "batch_first",
-                    "bidirectional", "nonlinearity", "dropout", "proj_size"});
+  const RecurrentOptions o = read_recurrent_options(c);
   allow_inputs(c, {"input", "h_0", "c_0", "lengths"});
   if (lstm) {
     allow_upstreams(c, {"output", "h_n", "c_n"});
   } else {
     allow_upstreams(c, {"output", "h_n"});
   }
-  ignore_dropout(c, "dropout");
-  if (opt_int(c, "proj_size").value_or(0) != 0) throw unsupported("option 'proj_size' != 0");
-  RecurrentOptions o;
-  o.input_size = opt_required_int(c, "input_size");
-  o.hidden_size = opt_required_int(c, "hidden_size");
-  o.num_layers = opt_int(c, "num_layers").value_or(1);
-  o.bias = opt_bool(c, "bias", true);
-  o.batch_first = opt_bool(c, "batch_first", false);
-  o.bidirectional = opt_bool(c, "bidirectional", false);
-  if (c.module == "rnn") o.nonlinearity = read_nonlinearity(c);
   Recurrent<S, CellType> layer(o);
   layer.load_state_dict(*c.st);
   RecurrentState<S> initial;
@@ -366,7 +320,7 @@ bool run_grad_case(const Case& c, Outputs<S>& out) {
   } else if (c.module == "rnn") {
     run_recurrent_grad<S, RNNCell>(c, out);
   } else {
-    return false;
+    return run_op_grad_case<S>(c, out);
   }
   return true;
 }

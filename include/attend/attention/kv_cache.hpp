@@ -135,6 +135,10 @@ void append_keys_values(const MultiheadAttention<S>& mha, const Tensor<S>& kv_in
     throw value_error(who + ": the KV cache does not apply rotary or ALiBi positions yet; "
                             "use a MultiheadAttention with position none");
   }
+  if (mha.options.add_bias_kv || mha.options.add_zero_attn) {
+    throw value_error(who + ": the KV cache does not append bias_k/bias_v or the zero key; "
+                            "use a MultiheadAttention without add_bias_kv and add_zero_attn");
+  }
   const auto& o = mha.options;
   if (o.kdim != o.vdim) {
     throw shape_error(who + ": kdim " + std::to_string(o.kdim) + " differs from vdim " +
@@ -186,6 +190,10 @@ Tensor<S> attend_cached(const MultiheadAttention<S>& mha, const Tensor<S>& query
   if (mha.options.position != PositionKind::none) {
     throw value_error(who + ": the KV cache does not apply rotary or ALiBi positions yet; "
                             "use a MultiheadAttention with position none");
+  }
+  if (mha.options.add_bias_kv || mha.options.add_zero_attn) {
+    throw value_error(who + ": the KV cache does not append bias_k/bias_v or the zero key; "
+                            "use a MultiheadAttention without add_bias_kv and add_zero_attn");
   }
   const auto& o = mha.options;
   const Index E = o.embed_dim, H = o.num_heads, dh = mha.head_dim();

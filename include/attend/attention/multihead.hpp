@@ -3,6 +3,7 @@
 #pragma once
 
 #include "attend/attention/alibi.hpp"
+#include "attend/attention/dispatch.hpp"
 #include "attend/attention/fused.hpp"
 #include "attend/attention/mask.hpp"
 #include "attend/attention/multihead_backward.hpp"
@@ -18,6 +19,7 @@
 
 #include <cmath>
 #include <cstdint>
+#include <optional>
 #include <string>
 
 namespace attend {
@@ -45,6 +47,12 @@ struct MultiheadAttentionOptions {
   Index kdim = 0;            ///< key width; 0 means embed_dim
   Index vdim = 0;            ///< value width; 0 means embed_dim
   bool batch_first = false;  ///< inputs [B, L, E] instead of [L, B, E]
+  /// Learned `bias_k`, `bias_v` [1, 1, E], appended to the projected keys and values as one
+  /// more key/value (S grows by 1) that every query may attend.
+  bool add_bias_kv = false;
+  /// A zero key and a zero value appended to every head after bias_k/bias_v (S grows by 1
+  /// more), visible to every query.
+  bool add_zero_attn = false;
   PositionKind position = PositionKind::none;  ///< rotary or ALiBi positions inside attention
   RotaryLayout rotary_layout = RotaryLayout::interleaved;  ///< rotary: which features pair up
   double rotary_base = 10000.0;                            ///< rotary: base of the angles (> 1)
@@ -55,6 +63,10 @@ struct MultiheadAttentionArgs {
   /// Padding keys per sequence, e.g. `Mask::key_padding(padded)` ([B, S], true = padding) or
   /// `Mask::key_padding_lengths(lengths, S)`.
   Mask key_padding_mask;
+  /// PyTorch's boolean key_padding_mask as given (true = padding): [B, S] for a batched query,
+  /// [S] for an unbatched [L, E] query (the only form PyTorch accepts there). Applies together
+  /// with key_padding_mask; the default (rank 0, empty) adds nothing.
+  Tensor<bool> key_padding_mask_bool;
   /// Score mask broadcastable to [B, H, L, S]: `Mask::from_torch_mha(bool [L, S] or
   /// [B * H, L, S], H)`, `Mask::from_torch_mha_additive(...)`, `Mask::causal()`, ...
   Mask attn_mask;
@@ -71,6 +83,42 @@ struct MultiheadAttentionArgs {
   Index key_position = 0;
 };
 
+namespace detail {
+
+/// `mask` over keys [0, S) extended to S + extra keys that every query may attend, as
+/// F.multi_head_attention_forward pads attn_mask and key_padding_mask with a zero (false)
+/// column for bias_k and the zero key. Causal and blocked entries of the S keys become one
+/// blocked tensor [B|1, H|1, L|1, S + extra]; biases are copied with 0 in the new columns.
+inline Mask append_visible_keys(const Mask& mask, Index L, Index S, Index extra) {
+  if (mask.empty()) return mask;
+  const Index S_all = S + extra;
+  Mask out;
+  if (mask.causal_offset() || mask.blocked()) {
+    const Shape one{1, 1, 1, 1};
+    const Shape& bs = mask.blocked() ? mask.blocked()->shape() : one;
+    const Index rows = mask.causal_offset() ? L : bs[2];  // causal masks differ per query
+    Tensor<bool> blocked({bs[0], bs[1], rows, S_all}, false);  // the new columns stay false
+    for (Index b = 0; b < bs[0]; ++b)
+      for (Index h = 0; h < bs[1]; ++h)
+        for (Index i = 0; i < rows; ++i)
+          for (Index j = 0; j < S; ++j) blocked(b, h, i, j) = mask.is_blocked(b, h, i, j);
+    out = Mask::deny(blocked);
+  }
+  if (mask.bias()) {
+    const Tensor<double>& t = *mask.bias();  // [B|1, H|1, L|1, S|1]
+    const Shape& ts = t.shape();
+    Tensor<double> bias({ts[0], ts[1], ts[2], S_all}, 0.0);  // the new columns add 0
+    for (Index b = 0; b < ts[0]; ++b)
+      for (Index h = 0; h < ts[1]; ++h)
+        for (Index i = 0; i < ts[2]; ++i)
+          for (Index j = 0; j < S; ++j) bias(b, h, i, j) = t(b, h, i, ts[3] == 1 ? 0 : j);
+    out = out & Mask::additive(bias);
+  }
+  return out;
+}
+
+}  // namespace detail
+
 /// Multi-head attention: `concat_h(softmax(Q_h K_h^T / sqrt(d_k) + mask) V_h) W_o^T + b_o`,
 /// with `Q = query W_q^T + b_q`, `K = key W_k^T + b_k`, `V = value W_v^T + b_v`, d_k = E / H.
 ///
@@ -80,13 +128,19 @@ struct MultiheadAttentionArgs {
 /// `out_proj_weight`, `out_proj.bias` [E] is `out_proj_bias`. Heads are column blocks of
 /// the projected `[L, E]` matrices (no reshapes, no copies).
 ///
+/// add_bias_kv appends the learned row `bias_k` [1, 1, E] to K and `bias_v` to V after the
+/// projections (and after rotary), add_zero_attn then appends a zero row to both; every
+/// query may attend the appended keys: attn_mask, key_padding_mask, is_causal and ALiBi
+/// leave them visible (PyTorch pads its masks with a column of zeros / false). The weights
+/// then have S + add_bias_kv + add_zero_attn columns, the appended ones last.
+///
 /// Positions (options.position): `rotary` rotates Q_h and K_h of every head after the
 /// projection, query row r at position `query_position + r` and key row r at
 /// `key_position + r`; `alibi` adds `-m_h |(query_position + i) - (key_position + j)|` to
 /// head h's scaled scores, as `alibi_mask(H, L, S, false, query_position - key_position)`
 /// passed in attn_mask would (it is built per call: H * L * S doubles).
-/// \note Vaswani et al. 2017, section 3.2.2; torch.nn.MultiheadAttention (eval mode; dropout,
-///       add_bias_kv and add_zero_attn are not supported). Rotary: Su et al. 2021; ALiBi:
+/// \note Vaswani et al. 2017, section 3.2.2; torch.nn.MultiheadAttention (eval mode; dropout
+///       is not supported) and F.multi_head_attention_forward for add_bias_kv/add_zero_attn. Rotary: Su et al. 2021; ALiBi:
 ///       Press, Smith & Lewis 2022. The KV-cache functions (kv_cache.hpp) do not apply them.
 /// \sa GroupedQueryAttention (which also has rotary), alibi_mask, apply_rotary
 template <typename Scalar>
@@ -103,9 +157,12 @@ class MultiheadAttention {
   Vector<Scalar> in_proj_bias;     // [3E] or empty when bias is false
   Matrix<Scalar> out_proj_weight;  // [E, E], state-dict name out_proj.weight
   Vector<Scalar> out_proj_bias;    // [E] or empty, state-dict name out_proj.bias
+  Tensor<Scalar> bias_k;           // [1, 1, E] when add_bias_kv, else empty
+  Tensor<Scalar> bias_v;           // [1, 1, E] when add_bias_kv, else empty
 
   /// Parameters initialised as PyTorch does (Xavier-uniform projections, zero biases,
-  /// out_proj uniform(+-1/sqrt(E))), from `seed`.
+  /// out_proj uniform(+-1/sqrt(E)), bias_k and bias_v Xavier-normal: N(0, 1/E) for their
+  /// [1, 1, E] shape, fan_in = fan_out = E), from `seed`.
   /// \throws value_error when embed_dim or num_heads is not positive, H does not divide E,
   ///   or rotary positions are asked for with an odd head_dim or a base that is not > 1.
   explicit MultiheadAttention(const MultiheadAttentionOptions& opts, std::uint64_t seed = 0)
@@ -155,10 +212,18 @@ class MultiheadAttention {
       in_proj_bias = Vector<Scalar>::Zero(3 * E);
       out_proj_bias = Vector<Scalar>::Zero(E);
     }
+    if (options.add_bias_kv) {  // torch.nn.init.xavier_normal_: std sqrt(2 / (E + E))
+      const double std_dev = 1.0 / std::sqrt(static_cast<double>(E));
+      for (Tensor<Scalar>* t : {&bias_k, &bias_v}) {
+        *t = Tensor<Scalar>({1, 1, E});
+        for (Index i = 0; i < E; ++i) t->flat()[i] = static_cast<Scalar>(std_dev * rng.normal());
+      }
+    }
   }
 
   /// Replaces every parameter with the tensors of a PyTorch state dict (`prefix` + name,
   /// e.g. prefix "self_attn." for a transformer layer), checking shapes against the options.
+  /// With add_bias_kv, `bias_k` and `bias_v` [1, 1, E] are read too.
   /// \throws index_error when a parameter is missing; shape_error when one has the wrong
   ///   shape; value_error when one holds NaN/Inf. On error nothing is changed.
   void load_state_dict(const SafeTensors& st, const std::string& prefix = "") {
@@ -176,6 +241,17 @@ class MultiheadAttention {
       m.in_proj_bias = load_vector<Scalar>(st, prefix + "in_proj_bias", 3 * E);
       m.out_proj_bias = load_vector<Scalar>(st, prefix + "out_proj.bias", E);
     }
+    if (options.add_bias_kv) {
+      const auto load_bias = [&](const std::string& name) {
+        const char* who = "MultiheadAttention::load_state_dict";
+        detail::require_parameter(st, name, Shape{1, 1, E}, who);
+        Tensor<Scalar> t = st.get<Scalar>(name);  // [1, 1, E]
+        detail::require_finite(t, name, who);
+        return t;
+      };
+      m.bias_k = load_bias(prefix + "bias_k");
+      m.bias_v = load_bias(prefix + "bias_v");
+    }
     *this = std::move(m);
   }
 
@@ -186,6 +262,10 @@ class MultiheadAttention {
   Index embed_dim() const noexcept { return options.embed_dim; }
   Index num_heads() const noexcept { return options.num_heads; }
   Index head_dim() const noexcept { return options.embed_dim / options.num_heads; }
+  /// Keys (and values) appended after the S given ones: add_bias_kv + add_zero_attn.
+  Index extra_keys() const noexcept {
+    return (options.add_bias_kv ? 1 : 0) + (options.add_zero_attn ? 1 : 0);
+  }
 
   /// Self-attention: key = value = query.
   AttentionResult<Scalar> forward(const Tensor<Scalar>& query,
@@ -196,9 +276,11 @@ class MultiheadAttention {
   /// Attention of `query` over `key`/`value`.
   /// \param query [L, B, E] ([B, L, E] when batch_first; [L, E] unbatched)
   /// \param key [S, B, kdim] \param value [S, B, vdim] (same layout rules)
-  /// \returns output shaped as query; attn_weights [B, L, S] when averaged, else
-  ///          [B, H, L, S] ([L, S] / [H, L, S] unbatched), empty unless need_weights.
-  /// \throws shape_error on a wrong shape (naming the argument); value_error on NaN/Inf.
+  /// \returns output shaped as query; attn_weights [B, L, S'] when averaged, else
+  ///          [B, H, L, S'] ([L, S'] / [H, L, S'] unbatched), empty unless need_weights;
+  ///          S' = S + extra_keys() (add_bias_kv, add_zero_attn).
+  /// \throws shape_error on a wrong shape (naming the argument; key_padding_mask_bool must be
+  ///   [B, S], or [S] with an unbatched query); value_error on NaN/Inf.
   AttentionResult<Scalar> forward(const Tensor<Scalar>& query, const Tensor<Scalar>& key,
                                   const Tensor<Scalar>& value,
                                   const MultiheadAttentionArgs& args = {}) const {
@@ -286,6 +368,17 @@ class MultiheadAttention {
     }
     args.key_padding_mask.check(B, 1, 1, S, who, "key_padding_mask");
     args.attn_mask.check(B, H, L, S, who, "attn_mask");
+    const std::optional<Mask> padding_bool =
+        padding_from_bool(args.key_padding_mask_bool, B, S, unbatched, who);
+    if (options.add_bias_kv) {  // public members: a wrong shape would be read out of bounds
+      for (const Tensor<Scalar>* t : {&bias_k, &bias_v}) {
+        if (t->shape() != Shape{1, 1, E}) {
+          throw shape_error(who + ": " + (t == &bias_k ? "bias_k" : "bias_v") + " is " +
+                            detail::shape_string(t->shape()) + ", expected [1, 1, " +
+                            std::to_string(E) + "] (add_bias_kv)");
+        }
+      }
+    }
     detail::check_finite(query.as_matrix(), who, "query");
     if (!self) {
       detail::check_finite(key.as_matrix(), who, "key");
@@ -298,44 +391,53 @@ class MultiheadAttention {
                         ", expected both >= 0");
     }
     Mask mask = args.key_padding_mask & args.attn_mask;
+    if (padding_bool) mask = mask & *padding_bool;
     if (args.is_causal) mask = mask & Mask::causal(0);
     if (options.position == PositionKind::alibi) {
       mask = mask & alibi_mask(H, L, S, false, args.query_position - args.key_position);
     }
+    const Index extra = extra_keys();
+    const Index S_all = S + extra;  // keys attended: the S given, then bias_k, then the zero key
+    if (extra > 0) mask = detail::append_visible_keys(mask, L, S, extra);
     const bool rotary = options.position == PositionKind::rotary;
     // No queries or no keys: nothing to attend, and a head's column block of an empty
     // matrix would offset a null pointer (undefined behaviour). As PyTorch, L = 0 gives an
     // empty output and S = 0 gives zero heads, so each output row is the out_proj bias.
-    const bool empty = L == 0 || S == 0;
+    const bool empty = L == 0 || S_all == 0;
 
     const Scalar scale = static_cast<Scalar>(1.0 / std::sqrt(static_cast<double>(dh)));
     Shape out_shape = query.shape();
     AttentionResult<Scalar> result{Tensor<Scalar>(out_shape), Tensor<Scalar>()};
     if (args.need_weights) {
-      Shape ws = args.average_attn_weights ? Shape{B, L, S} : Shape{B, H, L, S};
+      Shape ws = args.average_attn_weights ? Shape{B, L, S_all} : Shape{B, H, L, S_all};
       if (unbatched) ws.erase(ws.begin());
       result.attn_weights = Tensor<Scalar>(ws);
     }
     Mat q(L, E), k(S, E), v(S, E);  // [L, E], [S, E], [S, E] projections of one sequence
     Mat heads(L, E);                 // [L, E] concatenated head outputs
-    const bool reference = args.need_weights || cache != nullptr;  // else the fused path
-    Mat w(reference ? L : 0, reference ? S : 0);  // [L, S] one head's weights
+    // The fused path unless the weights are needed (returned or cached for backward) or the
+    // reference is forced (ScopedAttentionPath).
+    const bool reference = args.need_weights || cache != nullptr || !detail::use_fused_attention();
+    Mat w(reference ? L : 0, reference ? S_all : 0);  // [L, S'] one head's weights
     FusedWorkspace<Scalar> fused_ws(dh, dh);  // the fused path's scratch, once per call
     Mat out(L, E);                   // [L, E]
     if (cache) {
       cache->start(query.shape(), key.shape(), value.shape(), self, B, H, L, S, args.need_weights,
                    args.average_attn_weights, args.query_position, args.key_position);
+      cache->extra_keys = extra;
     }
     for (Index b = 0; b < B; ++b) {
       project(sequence(query, b), self ? nullptr : &key, self ? nullptr : &value, b, q, k, v);
       for (Index h = 0; rotary && !empty && h < H; ++h) {  // RoPE on each head's Q and K
         detail::rotate_pairs<Scalar>(q.middleCols(h * dh, dh), args.query_position,
                                      options.rotary_layout, options.rotary_base, 1.0);
+        if (S == 0) continue;  // only appended keys (no positions): no block of an empty k
         detail::rotate_pairs<Scalar>(k.middleCols(h * dh, dh), args.key_position,
                                      options.rotary_layout, options.rotary_base, 1.0);
       }
+      if (extra > 0) append_keys(k, v);  // [S', E]: bias_k / bias_v, then zeros
       Mat avg;
-      if (args.need_weights && args.average_attn_weights) avg = Mat::Zero(L, S);
+      if (args.need_weights && args.average_attn_weights) avg = Mat::Zero(L, S_all);
       if (empty) heads.setZero();  // [L, E]; attention over no keys is 0
       for (Index h = 0; h < H; ++h) {
         if (empty) {  // no head slices; the [L, S] weights are empty
@@ -356,12 +458,12 @@ class MultiheadAttention {
           if (args.average_attn_weights) {
             avg += w;
           } else {
-            MatrixMap<Scalar>(result.attn_weights.data() + (b * H + h) * L * S, L, S) = w;
+            MatrixMap<Scalar>(result.attn_weights.data() + (b * H + h) * L * S_all, L, S_all) = w;
           }
         }
       }
       if (args.need_weights && args.average_attn_weights) {
-        MatrixMap<Scalar>(result.attn_weights.data() + b * L * S, L, S) = avg / Scalar(H);
+        MatrixMap<Scalar>(result.attn_weights.data() + b * L * S_all, L, S_all) = avg / Scalar(H);
       }
       if (cache) {  // what backward needs (training only: copies are fine)
         cache->store(b, sequence(query, b), self ? Mat() : sequence(key, b),
@@ -401,6 +503,38 @@ class MultiheadAttention {
       k.rowwise() += in_proj_bias.segment(E, E).transpose();
       v.rowwise() += in_proj_bias.tail(E).transpose();
     }
+  }
+
+  // forward (F.multi_head_attention_forward): k = cat(k, bias_k), v = cat(v, bias_v) when
+  // add_bias_kv; then k = cat(k, 0), v = cat(v, 0) when add_zero_attn. [S, E] -> [S', E].
+  void append_keys(Mat& k, Mat& v) const {
+    const Index S = k.rows(), E = options.embed_dim;
+    k.conservativeResize(S + extra_keys(), E);
+    v.conservativeResize(S + extra_keys(), E);
+    Index row = S;
+    if (options.add_bias_kv) {
+      k.row(row) = bias_k.flat().transpose();
+      v.row(row) = bias_v.flat().transpose();
+      ++row;
+    }
+    if (options.add_zero_attn) {
+      k.row(row).setZero();
+      v.row(row).setZero();
+    }
+  }
+
+  // PyTorch's bool key_padding_mask tensor ([B, S]; [S] unbatched) as a Mask, or nothing when
+  // none is given (rank 0).
+  static std::optional<Mask> padding_from_bool(const Tensor<bool>& padded, Index B, Index S,
+                                               bool unbatched, const std::string& who) {
+    if (padded.rank() == 0 && padded.empty()) return std::nullopt;
+    const Shape want = unbatched ? Shape{S} : Shape{B, S};
+    if (padded.shape() != want) {
+      throw shape_error(who + ": key_padding_mask_bool is " + detail::shape_string(padded.shape()) +
+                        ", expected " + detail::shape_string(want) +
+                        (unbatched ? " ([S]: the query is unbatched)" : " ([B, S])"));
+    }
+    return Mask::deny(padded.reshaped({B, 1, 1, S}));
   }
 
   // Writes sequence b's [L, E] output into the [L, B, E] / [B, L, E] / [L, E] result.

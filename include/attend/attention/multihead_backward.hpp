@@ -30,7 +30,8 @@ struct MultiheadAttentionCache {
   Shape key_shape;    // the forward's key shape (d_key)
   Shape value_shape;  // the forward's value shape (d_value)
   bool self = false;  // key = value = query: one input gradient, the total through q, k, v
-  Index B = 0, L = 0, S = 0;
+  Index B = 0, L = 0, S = 0;  // S: the given keys, without the appended ones
+  Index extra_keys = 0;       // keys appended after the S given: bias_k, then the zero key
   bool need_weights = true;          // the forward returned attn_weights
   bool average_attn_weights = true;  // ... averaged over heads [B, L, S], else [B, H, L, S]
   Index query_position = 0;          // rotary positions of the forward (args)
@@ -39,9 +40,10 @@ struct MultiheadAttentionCache {
   std::vector<Matrix<Scalar>> x_key;    // [B] of [S, kdim] (empty when self)
   std::vector<Matrix<Scalar>> x_value;  // [B] of [S, vdim] (empty when self)
   std::vector<Matrix<Scalar>> q;        // [B] of [L, E] projected (and rotated) queries
-  std::vector<Matrix<Scalar>> k;        // [B] of [S, E] projected (and rotated) keys
-  std::vector<Matrix<Scalar>> v;        // [B] of [S, E] projected values
-  std::vector<Matrix<Scalar>> weights;  // [B * H] of [L, S], index b * H + h: 0 where masked
+  // S' = S + extra_keys below: the appended keys and values are the last rows.
+  std::vector<Matrix<Scalar>> k;        // [B] of [S', E] projected (and rotated) keys
+  std::vector<Matrix<Scalar>> v;        // [B] of [S', E] projected values
+  std::vector<Matrix<Scalar>> weights;  // [B * H] of [L, S'], index b * H + h: 0 where masked
   std::vector<Matrix<Scalar>> heads;    // [B] of [L, E] concatenated head outputs
 
   /// Clears the cache for a forward of `batch` sequences and `heads_count` heads, recording
@@ -97,6 +99,8 @@ struct MultiheadAttentionGrad {
   Vector<Scalar> d_in_proj_bias;     // [3E] or empty
   Matrix<Scalar> d_out_proj_weight;  // [E, E], state-dict name out_proj.weight
   Vector<Scalar> d_out_proj_bias;    // [E] or empty, state-dict name out_proj.bias
+  Tensor<Scalar> d_bias_k;           // [1, 1, E] (add_bias_kv) or empty
+  Tensor<Scalar> d_bias_v;           // [1, 1, E] (add_bias_kv) or empty
 };
 
 /// Input gradients of a MultiheadAttention (assigned, shaped as the forward's inputs).
@@ -109,8 +113,9 @@ struct MultiheadAttentionInputGrads {
 
 /// Visits the parameters of a MultiheadAttention in torch.nn.MultiheadAttention's
 /// named_parameters() order: `in_proj_weight` (or `q_proj_weight`, `k_proj_weight`,
-/// `v_proj_weight`), `in_proj_bias`, `out_proj.weight`, `out_proj.bias` (biases only when
-/// options.bias).
+/// `v_proj_weight`), `in_proj_bias`, `bias_k`, `bias_v`, `out_proj.weight`, `out_proj.bias`
+/// (in_proj_bias and out_proj.bias only when options.bias; bias_k and bias_v, Tensor [1, 1, E]
+/// with gradients d_bias_k and d_bias_v, only when options.add_bias_kv).
 /// \param prefix prepended to every name, e.g. "self_attn."
 template <typename Scalar, typename Visit>
 void named_parameters(MultiheadAttention<Scalar>& m, MultiheadAttentionGrad<Scalar>& g,
@@ -123,6 +128,10 @@ void named_parameters(MultiheadAttention<Scalar>& m, MultiheadAttentionGrad<Scal
     visit(prefix + "v_proj_weight", m.v_proj_weight, g.d_v_proj_weight);
   }
   if (m.options.bias) visit(prefix + "in_proj_bias", m.in_proj_bias, g.d_in_proj_bias);
+  if (m.options.add_bias_kv) {
+    visit(prefix + "bias_k", m.bias_k, g.d_bias_k);
+    visit(prefix + "bias_v", m.bias_v, g.d_bias_v);
+  }
   visit(prefix + "out_proj.weight", m.out_proj_weight, g.d_out_proj_weight);
   if (m.options.bias) visit(prefix + "out_proj.bias", m.out_proj_bias, g.d_out_proj_bias);
 }

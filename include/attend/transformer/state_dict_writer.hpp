@@ -57,7 +57,8 @@ void add_state_dict(SafeTensorsWriter& w, const LayerNorm<S>& m, const std::stri
 }
 
 /// Adds `in_proj_weight` [3E, E] (or `q_proj_weight`, `k_proj_weight`, `v_proj_weight`),
-/// `in_proj_bias` [3E], `out_proj.weight` [E, E], `out_proj.bias` [E], each after `prefix`.
+/// `in_proj_bias` [3E], `bias_k` and `bias_v` [1, 1, E] (add_bias_kv), `out_proj.weight`
+/// [E, E], `out_proj.bias` [E], each after `prefix`.
 template <typename S>
 void add_state_dict(SafeTensorsWriter& w, const MultiheadAttention<S>& m,
                     const std::string& prefix = "") {
@@ -69,6 +70,10 @@ void add_state_dict(SafeTensorsWriter& w, const MultiheadAttention<S>& m,
     detail::add_matrix(w, prefix + "v_proj_weight", m.v_proj_weight);
   }
   if (m.options.bias) detail::add_vector(w, prefix + "in_proj_bias", m.in_proj_bias);
+  if (m.options.add_bias_kv) {
+    w.add(prefix + "bias_k", m.bias_k);  // [1, 1, E]
+    w.add(prefix + "bias_v", m.bias_v);  // [1, 1, E]
+  }
   detail::add_matrix(w, prefix + "out_proj.weight", m.out_proj_weight);
   if (m.options.bias) detail::add_vector(w, prefix + "out_proj.bias", m.out_proj_bias);
 }
