@@ -65,8 +65,10 @@ struct RecurrentWorkspace {
 /// and a layer's output is [h_forward, h_reverse] per step.
 ///
 /// Speed: the input projection `X W_ih^T + b_ih` of all T steps is one matrix product per
-/// layer and direction before the time loop; the loop does one `h W_hh^T` product and
-/// element-wise gates per step and allocates nothing. forward is const (thread-safe).
+/// layer and direction before the time loop; the loop does one `h W_hh^T` product (a GRU
+/// with `options.linear_before_reset` false: one for the r, z rows and one on r * h for the
+/// n rows) and element-wise gates per step and allocates nothing. forward is const
+/// (thread-safe).
 ///
 /// Variable lengths follow pack_padded_sequence / pad_packed_sequence: sequence b has
 /// `lengths[b]` valid steps (any order, each in [1, T]); padded steps leave the state
