@@ -16,6 +16,7 @@
 #include <sstream>
 #include <stdexcept>
 #include <string>
+#include <type_traits>
 #include <utility>
 #include <vector>
 
@@ -39,6 +40,16 @@ namespace detail {
 
 using json = nlohmann::json;
 
+/// One implementation a case runs through: the attention path and fused-kernel variant
+/// set process-wide while it runs (attend::ScopedAttentionPath), and its name for FAIL
+/// lines ("reference", "fused/avx2", ...; empty for modules with a single path).
+struct RunPath {
+  AttentionPath path = AttentionPath::automatic;
+  FusedKernel kernel = FusedKernel::automatic;
+  std::string name;
+  bool fused() const { return path == AttentionPath::fused; }
+};
+
 /// A case file: tensors, module name, options and tolerances.
 struct Case {
   const SafeTensors* st = nullptr;
@@ -46,7 +57,34 @@ struct Case {
   json options = json::object();
   double rtol = 1e-5;  // torch.allclose's defaults when the file gives none
   double atol = 1e-8;
+  RunPath path;  // the implementation of the current run
 };
+
+/// Modules whose forward the library runs by either the reference attention or the fused
+/// kernel (chosen by attend::attention_path()).
+inline bool uses_attention(const std::string& module) {
+  return module == "scaled_dot_product_attention" || module == "multihead_attention" ||
+         module.rfind("transformer", 0) == 0;
+}
+
+/// Every implementation the library would pick for the case: the reference attention and
+/// the fused kernel in each variant the CPU runs (double: the portable tiles only) for
+/// modules with attention; their training path (a cache of the weights) is the reference
+/// alone, except scaled_dot_product_attention, whose fused backward is checked too.
+inline std::vector<RunPath> paths_for(const std::string& module, bool gradient_case,
+                                      bool is_float) {
+  if (!uses_attention(module)) return {RunPath{}};
+  if (gradient_case && module != "scaled_dot_product_attention") {
+    return {RunPath{AttentionPath::reference, FusedKernel::automatic, ""}};
+  }
+  std::vector<RunPath> paths{{AttentionPath::reference, FusedKernel::automatic, "reference"}};
+  const std::vector<FusedKernel> kernels =
+      is_float ? fused_kernels_supported() : std::vector<FusedKernel>{FusedKernel::portable};
+  for (const FusedKernel k : kernels) {
+    paths.push_back({AttentionPath::fused, k, std::string("fused/") + fused_kernel_name(k)});
+  }
+  return paths;
+}
 
 inline double parse_tolerance(const std::map<std::string, std::string>& meta, const char* key,
                               double fallback) {
@@ -199,32 +237,56 @@ Outputs<S> run_softmax(const Case& c) {
   return {{"output", y}};
 }
 
+/// The options of a scaled_dot_product_attention case (scale, enable_gqa, logit_softcap).
+inline SdpaOptions read_sdpa_options(const Case& c) {
+  SdpaOptions o;
+  o.scale = opt_number(c, "scale");
+  o.enable_gqa = opt_bool(c, "enable_gqa", false);
+  o.logit_softcap = opt_number(c, "logit_softcap");
+  return o;
+}
+
+/// The inputs of a scaled_dot_product_attention case: query, key, value and the mask
+/// (attn_mask and is_causal).
+template <typename S>
+struct SdpaInputs {
+  Tensor<S> q, k, v;
+  Mask mask;
+};
+
+template <typename S>
+SdpaInputs<S> read_sdpa_inputs(const Case& c) {
+  SdpaInputs<S> in{c.st->get<S>("input.query"), c.st->get<S>("input.key"),
+                   c.st->get<S>("input.value"), Mask()};
+  no_empty_rows(in.k, in.k.rank() - 2);
+  if (c.st->contains("input.attn_mask")) in.mask = read_mask<S>(c, "input.attn_mask", 0);
+  if (opt_bool(c, "is_causal", false)) in.mask = in.mask & Mask::causal(0);
+  return in;
+}
+
+/// scaled_dot_product_attention on the case's path: the reference (output and weights) or
+/// the fused kernel in the path's variant (output only).
 template <typename S>
 Outputs<S> run_sdpa(const Case& c) {
-  allow_options(c, {"is_causal", "scale", "dropout_p", "enable_gqa"});
+  allow_options(c, {"is_causal", "scale", "dropout_p", "enable_gqa", "logit_softcap"});
   allow_inputs(c, {"query", "key", "value", "attn_mask"});
   ignore_dropout(c, "dropout_p");
-  if (opt_bool(c, "enable_gqa", false)) throw unsupported("option 'enable_gqa'");
-  const Tensor<S> q = c.st->get<S>("input.query");
-  const Tensor<S> k = c.st->get<S>("input.key");
-  const Tensor<S> v = c.st->get<S>("input.value");
-  no_empty_rows(k, k.rank() - 2);
-  Mask mask;
-  if (c.st->contains("input.attn_mask")) mask = read_mask<S>(c, "input.attn_mask", 0);
-  if (opt_bool(c, "is_causal", false)) mask = mask & Mask::causal(0);
-  AttentionResult<S> r = scaled_dot_product_attention(q, k, v, mask, opt_number(c, "scale"), true);
+  const SdpaInputs<S> in = read_sdpa_inputs<S>(c);
+  const SdpaOptions o = read_sdpa_options(c);
+  if (c.path.fused()) {
+    return {{"output", scaled_dot_product_attention_fused(in.q, in.k, in.v, in.mask, o)}};
+  }
+  AttentionResult<S> r = scaled_dot_product_attention(in.q, in.k, in.v, in.mask, o, true);
   return {{"output", r.output}, {"attn_weights", r.attn_weights}};
 }
 
-template <typename S>
-Outputs<S> run_mha(const Case& c) {
+/// The options of a multihead_attention case.
+inline MultiheadAttentionOptions read_mha_options(const Case& c) {
   allow_options(c,
                 {"embed_dim", "num_heads", "bias", "kdim", "vdim", "batch_first", "need_weights",
                  "average_attn_weights", "is_causal", "dropout", "add_bias_kv", "add_zero_attn"});
   allow_inputs(c, {"query", "key", "value", "key_padding_mask", "attn_mask"});
   ignore_dropout(c, "dropout");
-  if (opt_bool(c, "add_bias_kv", false)) throw unsupported("option 'add_bias_kv'");
-  if (opt_bool(c, "add_zero_attn", false)) throw unsupported("option 'add_zero_attn'");
   MultiheadAttentionOptions o;
   o.embed_dim = opt_required_int(c, "embed_dim");
   o.num_heads = opt_required_int(c, "num_heads");
@@ -232,6 +294,8 @@ Outputs<S> run_mha(const Case& c) {
   o.kdim = opt_int(c, "kdim").value_or(0);
   o.vdim = opt_int(c, "vdim").value_or(0);
   o.batch_first = opt_bool(c, "batch_first", false);
+  o.add_bias_kv = opt_bool(c, "add_bias_kv", false);
+  o.add_zero_attn = opt_bool(c, "add_zero_attn", false);
   if (o.embed_dim > 0 && o.kdim >= 0 && o.vdim >= 0) {
     // The constructor allocates parameters as large as the options say: require the file
     // to hold them first, so a small malformed file cannot make the runner allocate GBs.
@@ -244,32 +308,54 @@ Outputs<S> run_mha(const Case& c) {
       params.push_back({"k_proj_weight", {E, kdim}});
       params.push_back({"v_proj_weight", {E, vdim}});
     }
+    if (o.add_bias_kv) {
+      params.push_back({"bias_k", {1, 1, E}});
+      params.push_back({"bias_v", {1, 1, E}});
+    }
     for (const auto& p : params) {
       attend::detail::require_parameter(*c.st, p.first, p.second, "multihead_attention");
     }
   }
-  MultiheadAttention<S> mha(o);
-  mha.load_state_dict(*c.st);
+  return o;
+}
+
+/// The forward arguments of a multihead_attention case (masks, weights, is_causal).
+template <typename S>
+MultiheadAttentionArgs read_mha_args(const Case& c, const MultiheadAttentionOptions& o) {
   MultiheadAttentionArgs a;
   a.need_weights = opt_bool(c, "need_weights", true);
   a.average_attn_weights = opt_bool(c, "average_attn_weights", true);
   a.is_causal = opt_bool(c, "is_causal", false);
   if (c.st->contains("input.key_padding_mask")) {
+    // [B, S], or [S] for unbatched input (PyTorch's only form there)
     const std::string name = "input.key_padding_mask";
     if (is_bool_dtype(c.st->dtype(name))) {
       a.key_padding_mask = Mask::key_padding(c.st->get<bool>(name));
     } else {
       const Tensor<S> kp = c.st->get<S>(name);
-      if (kp.rank() != 2) {
+      if (kp.rank() != 2 && kp.rank() != 1) {
         throw shape_error("key_padding_mask is " + attend::detail::shape_string(kp.shape()) +
-                          ", expected [B, S]");
+                          ", expected [B, S] or [S]");
       }
-      a.key_padding_mask = Mask::additive(kp.reshaped({kp.dim(0), 1, 1, kp.dim(1)}));
+      const Index B = kp.rank() == 2 ? kp.dim(0) : 1;
+      a.key_padding_mask = Mask::additive(kp.reshaped({B, 1, 1, kp.dim(-1)}));
     }
   }
   if (c.st->contains("input.attn_mask")) {
     a.attn_mask = read_mask<S>(c, "input.attn_mask", o.num_heads);
   }
+  return a;
+}
+
+/// multihead_attention: the reference path as the case asks; a fused path without the
+/// weights (the only way the library runs the fused kernel for this module).
+template <typename S>
+Outputs<S> run_mha(const Case& c) {
+  const MultiheadAttentionOptions o = read_mha_options(c);
+  MultiheadAttention<S> mha(o);
+  mha.load_state_dict(*c.st);
+  MultiheadAttentionArgs a = read_mha_args<S>(c, o);
+  if (c.path.fused()) a.need_weights = false;
   const Tensor<S> q = c.st->get<S>("input.query");
   const bool has_k = c.st->contains("input.key"), has_v = c.st->contains("input.value");
   if (has_k != has_v)
@@ -386,19 +472,24 @@ Outputs<S> run_any(const Case& c, bool gradient_case) {
 }
 
 /// Compares every `expected.X` tensor with got["X"] and every `grad.X` tensor with
-/// got["grad.X"]; fills `result`.
+/// got["grad.X"]; fills `result`. With `all_outputs` false (a fused path, which computes
+/// no attention weights) tensors the run did not produce are skipped, but at least one
+/// must be compared.
 template <typename S>
-void compare(const Case& c, const Outputs<S>& got, CaseResult& result) {
+void compare(const Case& c, const Outputs<S>& got, CaseResult& result, bool all_outputs = true) {
   double max_abs = 0.0;
+  int compared = 0;
   for (const std::string& name : c.st->names()) {
     const bool is_grad = name.rfind("grad.", 0) == 0;
     if (name.rfind("expected.", 0) != 0 && !is_grad) continue;
     const std::string out_name = is_grad ? name : name.substr(9);
     const auto it = got.find(out_name);
     if (it == got.end()) {
+      if (!all_outputs) continue;
       throw unsupported((is_grad ? "gradient '" + name.substr(5) : "output '" + out_name) +
                         "' of " + c.module);
     }
+    ++compared;
     const Tensor<double> want = c.st->get<S>(name).template cast<double>();
     const Tensor<double> have = it->second.template cast<double>();
     if (want.shape() != have.shape()) {
@@ -441,7 +532,40 @@ void compare(const Case& c, const Outputs<S>& got, CaseResult& result) {
     }
     max_abs = std::max(max_abs, tensor_max);
   }
+  if (compared == 0) {
+    result.status = CaseResult::Status::fail;
+    result.detail = "the run produced none of the case's expected. or grad. tensors";
+    return;
+  }
   result.status = CaseResult::Status::pass;
+  result.max_abs_err = max_abs;
+}
+
+/// Runs the case through every path of paths_for and compares each run; the first failing
+/// path ends it, named in the detail. max_abs_err is the largest over the paths.
+template <typename S>
+void run_and_compare(Case& c, bool gradient_case, CaseResult& result) {
+  const std::vector<RunPath> paths = paths_for(c.module, gradient_case, std::is_same_v<S, float>);
+  double max_abs = 0.0;
+  for (std::size_t i = 0; i < paths.size(); ++i) {
+    c.path = paths[i];
+    Outputs<S> got;
+    try {
+      const ScopedAttentionPath scope(c.path.path, c.path.kernel);
+      got = run_any<S>(c, gradient_case);
+    } catch (const unsupported&) {
+      throw;
+    } catch (const std::exception& e) {
+      if (c.path.name.empty()) throw;
+      throw std::runtime_error(std::string(e.what()) + " (path " + c.path.name + ")");
+    }
+    compare<S>(c, got, result, i == 0);
+    if (result.status != CaseResult::Status::pass) {
+      if (!c.path.name.empty()) result.detail += " (path " + c.path.name + ")";
+      return;
+    }
+    max_abs = std::max(max_abs, result.max_abs_err);
+  }
   result.max_abs_err = max_abs;
 }
 
@@ -496,9 +620,9 @@ inline CaseResult run_case_bytes(std::vector<std::uint8_t> bytes, const std::str
     }
     const DType dt = *float_dtypes.begin();
     if (dt == DType::F32) {
-      detail::compare<float>(c, detail::run_any<float>(c, gradient_case), result);
+      detail::run_and_compare<float>(c, gradient_case, result);
     } else if (dt == DType::F64) {
-      detail::compare<double>(c, detail::run_any<double>(c, gradient_case), result);
+      detail::run_and_compare<double>(c, gradient_case, result);
     } else {
       throw unsupported("case dtype " + to_string(dt));
     }
@@ -517,3 +641,4 @@ inline CaseResult run_case_bytes(std::vector<std::uint8_t> bytes, const std::str
 #include "rnn_cases.hpp"  // IWYU pragma: keep
 #include "transformer_cases.hpp"  // IWYU pragma: keep
 #include "grad_cases.hpp"  // IWYU pragma: keep
+#include "grad_op_cases.hpp"  // IWYU pragma: keep

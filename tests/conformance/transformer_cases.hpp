@@ -56,15 +56,23 @@ Mask read_optional_mask(const Case& c, const std::string& input, Index heads, bo
   return key_padding ? read_key_padding_mask<S>(c, name) : read_mask<S>(c, name, heads);
 }
 
-template <typename S>
-void run_layer_norm_case(const Case& c, Outputs<S>& out) {
+/// The options of a layer_norm case.
+struct LayerNormSpec {
+  Shape normalized;  // normalized_shape (the input's trailing dims)
+  double eps = 1e-5;
+  bool affine = true;  // weight present
+  bool bias = true;    // bias present
+};
+
+inline LayerNormSpec read_layer_norm_spec(const Case& c) {
   allow_options(c, {"normalized_shape", "eps", "elementwise_affine", "bias"});
   allow_inputs(c, {"input"});
   // normalized_shape: an integer or a list of integers (the trailing dims of the input).
   const auto it = c.options.find("normalized_shape");
   if (it == c.options.end())
     throw format_error("option 'normalized_shape' is required for layer_norm");
-  Shape ns;
+  LayerNormSpec spec;
+  Shape& ns = spec.normalized;
   if (it->is_number_integer()) {
     ns.push_back(static_cast<Index>(it->get<std::int64_t>()));
   } else if (it->is_array() && !it->empty()) {
@@ -78,35 +86,40 @@ void run_layer_norm_case(const Case& c, Outputs<S>& out) {
     throw format_error("option 'normalized_shape' is " + describe(*it) +
                        ", expected an integer or a list of integers");
   }
-  const double eps = opt_number(c, "eps").value_or(1e-5);
-  const bool affine = opt_bool(c, "elementwise_affine", true);
-  const bool with_bias = affine && opt_bool(c, "bias", true);
-  const Tensor<S> x = c.st->get<S>("input.input");
+  spec.eps = opt_number(c, "eps").value_or(1e-5);
+  spec.affine = opt_bool(c, "elementwise_affine", true);
+  spec.bias = spec.affine && opt_bool(c, "bias", true);
+  const Shape& x = c.st->shape("input.input");
   // The input's trailing dims must be normalized_shape: checked before anything is sized.
   const std::size_t k = ns.size();
-  if (static_cast<std::size_t>(x.rank()) < k ||
-      !std::equal(ns.begin(), ns.end(), x.shape().end() - static_cast<std::ptrdiff_t>(k))) {
-    throw shape_error("input.input is " + attend::detail::shape_string(x.shape()) +
-                      ", expected [..., " + attend::detail::shape_string(ns).substr(1));
+  if (x.size() < k || !std::equal(ns.begin(), ns.end(), x.end() - static_cast<std::ptrdiff_t>(k))) {
+    throw shape_error("input.input is " + attend::detail::shape_string(x) + ", expected [..., " +
+                      attend::detail::shape_string(ns).substr(1));
   }
   const Index N = attend::detail::checked_numel(ns, "layer_norm");
+  (void)N;
+  if (spec.affine) attend::detail::require_parameter(*c.st, "weight", ns, "layer_norm");
+  if (spec.bias) attend::detail::require_parameter(*c.st, "bias", ns, "layer_norm");
+  return spec;
+}
+
+template <typename S>
+void run_layer_norm_case(const Case& c, Outputs<S>& out) {
+  const LayerNormSpec spec = read_layer_norm_spec(c);
+  const Tensor<S> x = c.st->get<S>("input.input");
+  const Index N = attend::detail::checked_numel(spec.normalized, "layer_norm");
   Tensor<S> y(x.shape());
-  if (k == 1 && with_bias == affine) {  // the module, loaded by its state-dict names
-    LayerNorm<S> ln(N, eps, affine);
+  if (spec.normalized.size() == 1 && spec.bias == spec.affine) {
+    // the module, loaded by its state-dict names
+    LayerNorm<S> ln(N, spec.eps, spec.affine);
     ln.load_state_dict(*c.st);
     y = ln.forward(x);
   } else {  // multi-dim normalized_shape, or bias=False: the free function on flat rows
     Vector<S> weight, bias;
-    if (affine) {
-      attend::detail::require_parameter(*c.st, "weight", ns, "layer_norm");
-      weight = c.st->get<S>("weight").flat();
-    }
-    if (with_bias) {
-      attend::detail::require_parameter(*c.st, "bias", ns, "layer_norm");
-      bias = c.st->get<S>("bias").flat();
-    }
+    if (spec.affine) weight = c.st->get<S>("weight").flat();
+    if (spec.bias) bias = c.st->get<S>("bias").flat();
     const ConstMatrixMap<S> rows(x.data(), N == 0 ? 0 : x.size() / N, N);  // [R, N]
-    MatrixMap<S>(y.data(), rows.rows(), N) = layer_norm_forward(rows, weight, bias, eps);
+    MatrixMap<S>(y.data(), rows.rows(), N) = layer_norm_forward(rows, weight, bias, spec.eps);
   }
   out.emplace("output", std::move(y));
 }
