@@ -361,7 +361,7 @@ void BM_SdpaFusedBackward(benchmark::State& state) {
   set_attention_threads(1);
   Tensor<float> lse;
   const Tensor<float> out =
-      attend::scaled_dot_product_attention_fused<float>(in.q, in.k, in.v, no_mask, {}, &lse);
+      attend::scaled_dot_product_attention_fused<float>(in.q, in.k, in.v, no_mask, std::nullopt, &lse);
   for (auto _ : state) {
     attend::AttentionTensorGrads<float> g = attend::scaled_dot_product_attention_fused_backward(
         in.q, in.k, in.v, out, lse, d_out, no_mask);
@@ -383,7 +383,7 @@ void BM_SdpaFusedBackwardCausal(benchmark::State& state) {
   set_attention_threads(1);
   Tensor<float> lse;
   const Tensor<float> out =
-      attend::scaled_dot_product_attention_fused<float>(in.q, in.k, in.v, causal, {}, &lse);
+      attend::scaled_dot_product_attention_fused<float>(in.q, in.k, in.v, causal, std::nullopt, &lse);
   for (auto _ : state) {
     attend::AttentionTensorGrads<float> g = attend::scaled_dot_product_attention_fused_backward(
         in.q, in.k, in.v, out, lse, d_out, causal);

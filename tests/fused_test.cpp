@@ -1159,3 +1159,429 @@ TEMPLATE_TEST_CASE("fused_backward.hpp: argument errors name the argument and sh
                       "scaled_dot_product_attention_fused_backward: key is [2, 3, 7, 12], "
                       "expected [2, 3, S, 16]");
 }
+
+// ---- edges: huge mask values, huge scores, soft-capping, extreme sizes ------------------
+// Every case runs through every variant this CPU supports, named explicitly.
+
+namespace {
+
+using attend::Vector;
+
+/// float's lowest (-3.4028235e38, torch.finfo(torch.float32).min): Hugging Face's padding.
+constexpr double kFloatLowest = -3.4028234663852886e38;
+
+/// Forward of one head through the detail entry: explicit variant, optional lse, softcap.
+template <typename S>
+Matrix<S> fused_edge(const Matrix<S>& q, const Matrix<S>& k, const Matrix<S>& v, const Mask& mask,
+                     double scale, FusedKernel kernel, double softcap = 0.0,
+                     Vector<S>* lse = nullptr) {
+  Matrix<S> out(q.rows(), v.cols());
+  if (lse) lse->resize(q.rows());
+  attend::FusedWorkspace<S> ws(q.cols(), v.cols());
+  attend::detail::attention_head_fused<S>(q, k, v, mask, 0, 0, static_cast<S>(scale), out, ws,
+                                          kernel, lse ? lse->data() : nullptr,
+                                          static_cast<S>(softcap));
+  return out;
+}
+
+/// Backward of one head through the detail entry (its tile code is the portable one).
+template <typename S>
+attend::AttentionGrads<S> fused_edge_backward(const Matrix<S>& q, const Matrix<S>& k,
+                                              const Matrix<S>& v, const Matrix<S>& out,
+                                              const Vector<S>& lse, const Matrix<S>& d_out,
+                                              const Mask& mask, double scale,
+                                              double softcap = 0.0) {
+  attend::AttentionGrads<S> g;
+  g.dq.resize(q.rows(), q.cols());
+  g.dk.resize(k.rows(), k.cols());
+  g.dv.resize(v.rows(), v.cols());
+  attend::FusedBackwardWorkspace<S> ws(q.cols(), v.cols());
+  attend::detail::attention_head_fused_backward<S>(
+      q, k, v, out, lse.data(), d_out, attend::detail::HeadMaskView(mask, 0, 0),
+      static_cast<S>(scale), g.dq, g.dk, g.dv, ws, static_cast<S>(softcap));
+  return g;
+}
+
+/// |got - want| <= tol * max(1, term) element-wise: for sums that cancel (the gradient of
+/// a query through two identical keys is 0), an error relative to the size of the terms
+/// summed rather than to the (cancelled) result.
+template <typename A, typename B>
+void require_close_to_terms(const Eigen::MatrixBase<A>& got, const Eigen::MatrixBase<B>& want,
+                            double tol, double term) {
+  require_close(got, want, tol * std::max(1.0, term), 0.0);
+}
+
+/// Softmax attention in double written out: u = (q k^T) scale, t = c tanh(u / c) when
+/// c > 0, z = t + mask, P = softmax(z) (a row with no finite z gives zeros), out = P v.
+/// The gradients follow the chain rule by hand (dT = P (dP - D), dU = dT (1 - (t/c)^2)).
+struct SoftcapReference {
+  Matrix<double> out, dq, dk, dv;
+};
+template <typename S>
+SoftcapReference softcap_reference(const Matrix<S>& q, const Matrix<S>& k, const Matrix<S>& v,
+                                   const Mask& mask, double scale, double c,
+                                   const Matrix<S>* d_out = nullptr) {
+  const Matrix<double> qd = q.template cast<double>(), kd = k.template cast<double>(),
+                       vd = v.template cast<double>();
+  const Matrix<double> u = qd * kd.transpose() * scale;
+  Matrix<double> t = u;
+  if (c > 0) t = c * (u.array() / c).tanh();
+  Matrix<double> z = t;
+  mask.apply<double>(0, 0, 0, 0, z);
+  Matrix<double> p = Matrix<double>::Zero(z.rows(), z.cols());
+  for (Index i = 0; i < z.rows(); ++i) {
+    const double m = z.row(i).maxCoeff();
+    if (m == -inf<double>) continue;
+    p.row(i) = (z.row(i).array() - m).exp().matrix();
+    p.row(i) /= p.row(i).sum();
+  }
+  SoftcapReference r;
+  r.out = p * vd;
+  if (d_out) {
+    const Matrix<double> dod = d_out->template cast<double>();
+    r.dv = p.transpose() * dod;
+    const Matrix<double> dp = dod * vd.transpose();
+    const Vector<double> dd = (p.array() * dp.array()).rowwise().sum().matrix();
+    Matrix<double> du = (p.array() * (dp.colwise() - dd).array()).matrix();  // dT
+    if (c > 0) du = (du.array() * (1.0 - (t.array() / c).square())).matrix();
+    r.dq = scale * du * kd;
+    r.dk = scale * du.transpose() * qd;
+  }
+  return r;
+}
+
+/// An [L, S] additive mask whose entries are drawn from `values`.
+Matrix<double> pick_bias(Index L, Index S, const std::vector<double>& values, attend::Rng& rng) {
+  Matrix<double> b(L, S);
+  for (Index i = 0; i < L; ++i)
+    for (Index j = 0; j < S; ++j)
+      b(i, j) = values[static_cast<std::size_t>(random_index(rng, 0, Index(values.size()) - 1))];
+  return b;
+}
+
+}  // namespace
+
+TEMPLATE_TEST_CASE("fused.hpp: a mask of float's lowest stays finite on every kernel", "[fused][edge]",
+                   float, double) {
+  using S = TestType;
+  // q = [[1]], k = [[1], [2]], v = [[1], [3]], scale 1, bias [lowest, lowest]:
+  // scores 1 + lowest and 2 + lowest both round to lowest (an ulp of 3.4e38 is 2e31 in
+  // float, 3.8e22 in double): a tie, weights [1/2, 1/2], out = (1 + 3) / 2 = 2 (PyTorch's
+  // answer). Bias times log2(e) would overflow to -inf and give 0.
+  Matrix<S> q(1, 1), k(2, 1), v(2, 1);
+  q << 1;
+  k << 1, 2;
+  v << 1, 3;
+  Matrix<double> bias(1, 2);
+  bias << kFloatLowest, kFloatLowest;
+  const Mask lowest = Mask::additive(bias);
+  const Matrix<S> two = Matrix<S>::Constant(1, 1, S(2));
+  require_close(attend::scaled_dot_product_attention(q, k, v, lowest, 1.0), two, kHandTol<S>);
+  for (const FusedKernel kernel : attend::fused_kernels_supported()) {
+    INFO("kernel " << attend::fused_kernel_name(kernel));
+    Vector<S> lse;
+    const Matrix<S> out = fused_edge<S>(q, k, v, lowest, 1.0, kernel, 0.0, &lse);
+    require_close(out, two, kHandTol<S>);
+    REQUIRE(std::isfinite(double(lse(0))));
+    // Backward, upstream 1: P = [1/2, 1/2], dv = P^T = [1/2, 1/2]; dP = v^T = [1, 3],
+    // D = out = 2, dS = P (dP - D) = [-1/2, 1/2]; dq = dS k = -1/2 + 1 = 1/2,
+    // dk = dS^T q = [-1/2, 1/2]. The lse (lowest + ln 2 = lowest after rounding) alone
+    // would give P = [1, 1]: the backward renormalises such rows.
+    const Matrix<S> d_out = Matrix<S>::Ones(1, 1);
+    const auto g = fused_edge_backward<S>(q, k, v, out, lse, d_out, lowest, 1.0);
+    Matrix<S> dk(2, 1), dv(2, 1);
+    dk << S(-0.5), S(0.5);
+    dv << S(0.5), S(0.5);
+    require_close(g.dq, Matrix<S>::Constant(1, 1, S(0.5)), kHandTol<S>);
+    require_close(g.dk, dk, kHandTol<S>);
+    require_close(g.dv, dv, kHandTol<S>);
+  }
+}
+
+TEMPLATE_TEST_CASE("fused.hpp: boundary mask values -2.3e38 to -inf match the reference",
+                   "[fused][edge]", float, double) {
+  using S = TestType;
+  attend::Rng rng(404);
+  const std::vector<double> edge = {-2.3e38, -2.4e38, kFloatLowest, -inf<double>};
+  // [L, S, d]: one tile, then several query and key blocks.
+  for (const auto& [L, Sk, d] : std::vector<std::array<Index, 3>>{{6, 5, 4}, {130, 300, 16}}) {
+    const Matrix<S> q = random_matrix<S>(L, d, rng);
+    const Matrix<S> k = random_matrix<S>(Sk, d, rng);
+    const Matrix<S> v = random_matrix<S>(Sk, d, rng);
+    const Matrix<S> d_out = random_matrix<S>(L, d, rng);
+    // Rows: 0 all lowest (uniform average of v); 1 lowest and -inf (uniform over the
+    // lowest keys); 2 one key at -2.3e38, the rest -2.4e38 or lower (all weight on that
+    // key: 1e37 apart); 3 and on random mixes of the edge values and 0 (Hugging Face's
+    // mask: 0 or lowest), some rows with a single 0.
+    Matrix<double> bias = pick_bias(L, Sk, edge, rng);
+    bias.row(0).setConstant(kFloatLowest);
+    for (Index j = 0; j < Sk; ++j) bias(1, j) = j % 2 ? kFloatLowest : -inf<double>;
+    bias.row(2) = pick_bias(1, Sk, {-2.4e38, kFloatLowest, -inf<double>}, rng);
+    bias(2, Sk / 2) = -2.3e38;
+    for (Index i = 3; i < L; i += 2) bias(i, random_index(rng, 0, Sk - 1)) = 0.0;
+    for (Index i = 4; i < L; i += 2) {
+      for (Index j = 0; j < Sk; ++j)
+        if (rng.uniform() < 0.5) bias(i, j) = 0.0;
+    }
+    const Mask mask = Mask::additive(bias);
+    const Matrix<S> want = attend::scaled_dot_product_attention(q, k, v, mask, 0.5);
+    // The reference's own edges: row 0 is the mean of v, row 2 is v of key S/2.
+    require_close(want.row(0), v.colwise().mean(), kFusedTol<S>, kFusedTol<S>);
+    require_close(want.row(2), v.row(Sk / 2), kFusedTol<S>, kFusedTol<S>);
+    const auto want_g = reference_backward<S>(q, k, v, d_out, mask, 0.5);
+    for (const FusedKernel kernel : attend::fused_kernels_supported()) {
+      INFO("L " << L << ", S " << Sk << ", kernel " << attend::fused_kernel_name(kernel));
+      Vector<S> lse;
+      const Matrix<S> out = fused_edge<S>(q, k, v, mask, 0.5, kernel, 0.0, &lse);
+      require_close(out, want, kFusedTol<S>, kFusedTol<S>);
+      require_grads_close(fused_edge_backward<S>(q, k, v, out, lse, d_out, mask, 0.5), want_g,
+                          kBackwardTol<S>);
+    }
+  }
+}
+
+TEMPLATE_TEST_CASE("fused.hpp: scores near 1e5 to 1e6 keep exact ties", "[fused][edge]", float,
+                   double) {
+  using S = TestType;
+  attend::Rng rng(1000);
+  // Integer q and k in [-100, 100], d = 40: every q . k is an integer below 4e5, exact in
+  // float (< 2^24) whatever the summation order. Times scale 7.3 the scores reach 1e5 to
+  // 1e6 (an ulp of 1e6 is 0.0625 in float). Keys come in identical pairs: each pair's
+  // scores are exactly equal when the raw product is scaled once ((q . k) * scale, as the
+  // reference), so its two values share the weight equally. Scaling q first (q * scale)
+  // . k rounds each product: ties break and outputs moved by up to 3.7 (tolerance 0.29
+  // in the reference's own fixture).
+  const Index L = 50, pairs = 70, d = 40, d_v = 24;
+  const double scale = 7.3;
+  const auto integers = [&rng](Index rows, Index cols) {
+    Matrix<S> m(rows, cols);
+    for (Index i = 0; i < rows; ++i)
+      for (Index j = 0; j < cols; ++j) m(i, j) = S(random_index(rng, -100, 100));
+    return m;
+  };
+  const Matrix<S> q = integers(L, d), k_half = integers(pairs, d);
+  Matrix<S> k(2 * pairs, d);
+  for (Index j = 0; j < pairs; ++j) k.row(2 * j) = k.row(2 * j + 1) = k_half.row(j);
+  const Matrix<S> v = random_matrix<S>(2 * pairs, d_v, rng);
+  const Matrix<S> d_out = random_matrix<S>(L, d_v, rng);
+  const Matrix<double> scores = (q * k.transpose()).template cast<double>() * scale;
+  REQUIRE(scores.cwiseAbs().maxCoeff() > 1e5);
+  // The exact answer, in double: each query's best pair carries all the weight (pairs
+  // differ by 7.3 at least, e^-7.3 = 6.7e-4 at most for the runner-up)... computed from
+  // the exact scores rather than assumed.
+  const SoftcapReference exact = softcap_reference<S>(q, k, v, Mask(), scale, 0.0, &d_out);
+  const Matrix<S> want = attend::scaled_dot_product_attention(q, k, v, Mask(), scale);
+  // The reference at this magnitude: its scores are exact, so it is within rounding.
+  require_close(want, exact.out, kFusedTol<S>, kFusedTol<S>);
+  for (const Mask& mask : {Mask(), Mask::causal(30)}) {
+    const SoftcapReference ex = softcap_reference<S>(q, k, v, mask, scale, 0.0, &d_out);
+    for (const FusedKernel kernel : attend::fused_kernels_supported()) {
+      INFO("kernel " << attend::fused_kernel_name(kernel));
+      Vector<S> lse;
+      const Matrix<S> out = fused_edge<S>(q, k, v, mask, scale, kernel, 0.0, &lse);
+      require_close(out, ex.out, kFusedTol<S>, kFusedTol<S>);
+      // The backward renormalises (|lse| > 64): P as exact as the forward's. dq and dk
+      // sum terms up to scale * 100 * max |dP| (dP = d_out v^T) that cancel (a tied pair
+      // gives dS_0 = -dS_1 and equal keys: dq = 0): compared relative to that size.
+      const auto g = fused_edge_backward<S>(q, k, v, out, lse, d_out, mask, scale);
+      const double term = scale * 100.0 * (d_out * v.transpose()).cwiseAbs().maxCoeff();
+      require_close_to_terms(g.dq, ex.dq, kBackwardTol<S>, term);
+      require_close_to_terms(g.dk, ex.dk, kBackwardTol<S>, term);
+      require_close(g.dv, ex.dv, kBackwardTol<S>, kBackwardTol<S>);
+    }
+  }
+}
+
+TEMPLATE_TEST_CASE("fused.hpp: logit soft-capping, by hand and against the formula",
+                   "[fused][edge][softcap]", float, double) {
+  using S = TestType;
+  // q = [[1]], k = [[1], [2]], v = [[1], [3]], scale 1, softcap c = 1:
+  // u = [1, 2], t = tanh(u) = [0.7615941560, 0.9640275801], t1 - t0 = 0.2024334241;
+  // w1 = 1 / (1 + e^-0.2024334241) = 0.5504362368, w0 = 0.4495637632;
+  // out = 1 w0 + 3 w1 = 1 + 2 w1 = 2.1008724736.
+  // c = 2: t = 2 tanh(u / 2) = [0.9242343145, 1.5231883119], t1 - t0 = 0.5989539974,
+  // out = 1 + 2 / (1 + e^-0.5989539974) = 2.2908339217.
+  Matrix<S> q(1, 1), k(2, 1), v(2, 1);
+  q << 1;
+  k << 1, 2;
+  v << 1, 3;
+  for (const FusedKernel kernel : attend::fused_kernels_supported()) {
+    INFO("kernel " << attend::fused_kernel_name(kernel));
+    require_close(fused_edge<S>(q, k, v, Mask(), 1.0, kernel, 1.0),
+                  Matrix<S>::Constant(1, 1, S(2.1008724736)), kHandTol<S>);
+    require_close(fused_edge<S>(q, k, v, Mask(), 1.0, kernel, 2.0),
+                  Matrix<S>::Constant(1, 1, S(2.2908339217)), kHandTol<S>);
+    // Softcap 0 is off: scores [1, 2], out = 1 + 2 e / (1 + e) = 2.4621171573.
+    require_close(fused_edge<S>(q, k, v, Mask(), 1.0, kernel, 0.0),
+                  Matrix<S>::Constant(1, 1, S(2.4621171573)), kHandTol<S>);
+  }
+  // Random sizes and masks against the double formula: capped logits are in (-c, c).
+  attend::Rng rng(50);
+  for (const auto& [L, Sk, d_k, d_v] :
+       std::vector<std::array<Index, 4>>{{1, 1, 1, 1}, {33, 70, 64, 40}, {97, 300, 16, 9}}) {
+    const Matrix<S> q2 = random_matrix<S>(L, d_k, rng, 3.0);
+    const Matrix<S> k2 = random_matrix<S>(Sk, d_k, rng, 3.0);
+    const Matrix<S> v2 = random_matrix<S>(Sk, d_v, rng);
+    for (const auto& [name, mask] : all_masks(L, Sk, rng)) {
+      for (const double c : {5.0, 30.0}) {
+        const Matrix<double> want = softcap_reference<S>(q2, k2, v2, mask, 0.4, c).out;
+        for (const FusedKernel kernel : attend::fused_kernels_supported()) {
+          INFO("L " << L << ", S " << Sk << ", mask " << name << ", c " << c << ", kernel "
+                    << attend::fused_kernel_name(kernel));
+          require_close(fused_edge<S>(q2, k2, v2, mask, 0.4, kernel, c), want, kFusedTol<S>,
+                        kFusedTol<S>);
+        }
+      }
+    }
+  }
+}
+
+TEST_CASE("fused_backward.hpp: soft-capping gradient check in double", "[fused][grad][softcap]") {
+  attend::Rng rng(51);
+  const Index L = 7, Sk = 10, d_k = 5, d_v = 3;
+  Matrix<double> q = random_matrix<double>(L, d_k, rng, 2.0);
+  Matrix<double> k = random_matrix<double>(Sk, d_k, rng, 2.0);
+  Matrix<double> v = random_matrix<double>(Sk, d_v, rng);
+  const Matrix<double> upstream = random_matrix<double>(L, d_v, rng);
+  attend::BoolMatrix denied = random_bools(L, Sk, 0.2, rng);
+  denied.row(3).setConstant(true);  // one fully masked row
+  const Mask mask = Mask::causal(4) & Mask::additive(random_matrix<double>(L, Sk, rng, 1.0)) &
+                    Mask::deny(denied);
+  const double scale = 0.9, c = 1.5;  // logits up to ~9 against a cap of 1.5: tanh bends
+  const auto loss = [&] {
+    return fused_edge<double>(q, k, v, mask, scale, FusedKernel::portable, c)
+        .cwiseProduct(upstream)
+        .sum();
+  };
+  Vector<double> lse;
+  const Matrix<double> out = fused_edge<double>(q, k, v, mask, scale, FusedKernel::portable, c,
+                                                &lse);
+  const auto g = fused_edge_backward<double>(q, k, v, out, lse, upstream, mask, scale, c);
+  REQUIRE(g.dq.row(3).isZero(0.0));
+  const attend::GradCheckResult rq = attend::gradcheck(q, g.dq, loss);
+  INFO("dq: " << rq.describe());
+  REQUIRE(rq.error < kGradTol);
+  const attend::GradCheckResult rk = attend::gradcheck(k, g.dk, loss);
+  INFO("dk: " << rk.describe());
+  REQUIRE(rk.error < kGradTol);
+  const attend::GradCheckResult rv = attend::gradcheck(v, g.dv, loss);
+  INFO("dv: " << rv.describe());
+  REQUIRE(rv.error < kGradTol);
+  // The cap changes the gradient: without it dq differs.
+  Vector<double> lse0;
+  const Matrix<double> out0 = fused_edge<double>(q, k, v, mask, scale, FusedKernel::portable, 0.0,
+                                                 &lse0);
+  const auto g0 = fused_edge_backward<double>(q, k, v, out0, lse0, upstream, mask, scale);
+  REQUIRE((g0.dq - g.dq).cwiseAbs().maxCoeff() > 1e-3);
+}
+
+TEMPLATE_TEST_CASE("fused_backward.hpp: soft-capping equals the written-out gradient",
+                   "[fused][grad][softcap]", float, double) {
+  using S = TestType;
+  attend::Rng rng(52);
+  for (const auto& [L, Sk, d_k, d_v] :
+       std::vector<std::array<Index, 4>>{{1, 1, 1, 1}, {40, 90, 32, 24}, {100, 260, 16, 17}}) {
+    const Matrix<S> q = random_matrix<S>(L, d_k, rng, 2.0);
+    const Matrix<S> k = random_matrix<S>(Sk, d_k, rng, 2.0);
+    const Matrix<S> v = random_matrix<S>(Sk, d_v, rng);
+    const Matrix<S> d_out = random_matrix<S>(L, d_v, rng);
+    for (const auto& [name, mask] : all_masks(L, Sk, rng)) {
+      const SoftcapReference want = softcap_reference<S>(q, k, v, mask, 0.5, 2.0, &d_out);
+      for (const FusedKernel kernel : attend::fused_kernels_supported()) {
+        INFO("L " << L << ", S " << Sk << ", mask " << name << ", forward kernel "
+                  << attend::fused_kernel_name(kernel));
+        Vector<S> lse;
+        const Matrix<S> out = fused_edge<S>(q, k, v, mask, 0.5, kernel, 2.0, &lse);
+        require_close(out, want.out, kFusedTol<S>, kFusedTol<S>);
+        const auto g = fused_edge_backward<S>(q, k, v, out, lse, d_out, mask, 0.5, 2.0);
+        require_close(g.dq, want.dq, kBackwardTol<S>, kBackwardTol<S>);
+        require_close(g.dk, want.dk, kBackwardTol<S>, kBackwardTol<S>);
+        require_close(g.dv, want.dv, kBackwardTol<S>, kBackwardTol<S>);
+      }
+    }
+  }
+}
+
+TEMPLATE_TEST_CASE("fused.hpp: extreme sizes and head sizes 1 to 256 on every kernel",
+                   "[fused][edge]", float, double) {
+  using S = TestType;
+  attend::Rng rng(53);
+  // [L, S, d_k, d_v]: d = 1, L = 1, S = 1, S = 8192 with a small d, the head sizes of
+  // real models (40, 72, 80, 112, 256) and d_k != d_v both ways.
+  const std::vector<std::array<Index, 4>> sizes = {
+      {5, 7, 1, 1},       {1, 300, 64, 64},  {97, 1, 64, 64},   {1, 1, 1, 1},
+      {9, 8192, 2, 3},    {50, 140, 40, 40}, {50, 140, 72, 72}, {50, 140, 80, 80},
+      {50, 140, 112, 112}, {20, 140, 256, 256}, {40, 130, 80, 24}, {40, 130, 24, 112}};
+  for (const auto& [L, Sk, d_k, d_v] : sizes) {
+    const Matrix<S> q = random_matrix<S>(L, d_k, rng);
+    const Matrix<S> k = random_matrix<S>(Sk, d_k, rng);
+    const Matrix<S> v = random_matrix<S>(Sk, d_v, rng);
+    const Matrix<S> d_out = random_matrix<S>(L, d_v, rng);
+    const double scale = 1.0 / std::sqrt(double(d_k));
+    std::vector<std::pair<std::string, Mask>> masks;
+    masks.emplace_back("none", Mask());
+    masks.emplace_back("causal offset 3", Mask::causal(3));
+    masks.emplace_back("padding", Mask::key_padding_lengths({(Sk + 1) / 2}, Sk));
+    for (const auto& [name, mask] : masks) {
+      const Matrix<S> want = attend::scaled_dot_product_attention(q, k, v, mask, scale);
+      const auto want_g = reference_backward<S>(q, k, v, d_out, mask, scale);
+      for (const FusedKernel kernel : attend::fused_kernels_supported()) {
+        INFO("L " << L << ", S " << Sk << ", d_k " << d_k << ", d_v " << d_v << ", mask "
+                  << name << ", kernel " << attend::fused_kernel_name(kernel));
+        Vector<S> lse;
+        const Matrix<S> out = fused_edge<S>(q, k, v, mask, scale, kernel, 0.0, &lse);
+        require_close(out, want, kFusedTol<S>, kFusedTol<S>);
+        require_grads_close(fused_edge_backward<S>(q, k, v, out, lse, d_out, mask, scale),
+                            want_g, kBackwardTol<S>);
+      }
+    }
+  }
+}
+
+TEMPLATE_TEST_CASE("fused.hpp: soft-capping allocates nothing and is thread-count independent",
+                   "[fused][softcap]", float, double) {
+  using S = TestType;
+  attend::Rng rng(54);
+  const Index L = 150, Sk = 200, d = 32;
+  const Matrix<S> q = random_matrix<S>(L, d, rng, 2.0);
+  const Matrix<S> k = random_matrix<S>(Sk, d, rng, 2.0);
+  const Matrix<S> v = random_matrix<S>(Sk, d, rng);
+  const Matrix<S> d_out = random_matrix<S>(L, d, rng);
+  Matrix<double> bias = random_matrix<double>(L, Sk, rng, 1.0);
+  bias.row(7).setConstant(kFloatLowest);  // a renormalised row in the backward
+  const Mask mask = Mask::causal(20) & Mask::additive(bias);
+  for (const FusedKernel kernel : attend::fused_kernels_supported()) {
+    INFO("kernel " << attend::fused_kernel_name(kernel));
+    attend::FusedWorkspace<S> ws(d, d);
+    attend::FusedBackwardWorkspace<S> bws(d, d);
+    Matrix<S> out(L, d), dq(L, d), dk(Sk, d), dv(Sk, d);
+    Vector<S> lse(L);
+    Eigen::internal::set_is_malloc_allowed(false);
+    attend::detail::attention_head_fused<S>(q, k, v, mask, 0, 0, S(0.3), out, ws, kernel,
+                                            lse.data(), S(4));
+    attend::detail::attention_head_fused_backward<S>(q, k, v, out, lse.data(), d_out,
+                                                     attend::detail::HeadMaskView(mask, 0, 0),
+                                                     S(0.3), dq, dk, dv, bws, S(4));
+    Eigen::internal::set_is_malloc_allowed(true);
+    const SoftcapReference want = softcap_reference<S>(q, k, v, mask, 0.3, 4.0, &d_out);
+    require_close(out, want.out, kFusedTol<S>, kFusedTol<S>);
+    require_close(dq, want.dq, kBackwardTol<S>, kBackwardTol<S>);
+  }
+#if defined(_OPENMP)
+  // Tensor form through the detail entry, 1 vs 2 threads: bit-identical (the work split
+  // is by query blocks, each block's arithmetic fixed by its own rows).
+  const Tensor<S> tq = Tensor<S>::from_matrix(q), tk = Tensor<S>::from_matrix(k),
+                  tv = Tensor<S>::from_matrix(v);
+  const int threads = omp_get_max_threads();
+  for (const FusedKernel kernel : attend::fused_kernels_supported()) {
+    omp_set_num_threads(1);
+    const Tensor<S> one =
+        attend::detail::scaled_dot_product_attention_fused(tq, tk, tv, mask, 0.3, kernel);
+    omp_set_num_threads(2);
+    const Tensor<S> two =
+        attend::detail::scaled_dot_product_attention_fused(tq, tk, tv, mask, 0.3, kernel);
+    REQUIRE(std::memcmp(one.data(), two.data(), sizeof(S) * std::size_t(one.size())) == 0);
+  }
+  omp_set_num_threads(threads);
+#endif
+}
