@@ -57,10 +57,11 @@ using attend_test::require_close;
 
 // ---- tolerances ------------------------------------------------------------------------
 
-/// Fused vs reference on O(1) logits and values in [-1, 1]: the two differ in where the
-/// scale is applied ((q * scale) . k vs (q . k) * scale, in log2 units on AVX2), in the
-/// exp (a 2-ulp polynomial vs Eigen's), and in summation order (online per key block vs
-/// one pass): a few ulps of each weight, below 1e-6 observed in float, 1e-15 in double.
+/// Fused vs reference on O(1) logits and values in [-1, 1]: both score (q . k) * scale in
+/// natural units; they differ in the dot products' summation order, in the exp (on AVX2
+/// a 2-ulp polynomial of (s - m) log2 e vs Eigen's) and in the softmax's summation order
+/// (online per key block vs one pass): a few ulps of each weight, below 1e-6 observed in
+/// float, 1e-15 in double.
 template <typename S>
 constexpr double kFusedTol = std::is_same_v<S, float> ? 1e-5 : 1e-12;
 
