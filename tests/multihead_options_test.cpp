@@ -20,9 +20,13 @@
 #include <Eigen/Core>
 
 #include <catch2/catch.hpp>
+#include <nlohmann/json.hpp>
 
+#include <algorithm>
 #include <cmath>
 #include <cstdint>
+#include <filesystem>
+#include <memory>
 #include <string>
 #include <type_traits>
 #include <vector>
@@ -72,8 +76,8 @@ constexpr double kFusedTol = std::is_same_v<S, float> ? 1e-5 : 1e-12;
 
 // ---- helpers ---------------------------------------------------------------------------
 
-MultiheadAttentionOptions options(Index E, Index H, bool bias_kv, bool zero_attn,
-                                  bool bias = true, Index kdim = 0, Index vdim = 0) {
+MultiheadAttentionOptions options(Index E, Index H, bool bias_kv, bool zero_attn, bool bias = true,
+                                  Index kdim = 0, Index vdim = 0) {
   MultiheadAttentionOptions o;
   o.embed_dim = E;
   o.num_heads = H;
@@ -121,8 +125,8 @@ MultiheadAttention<S> identity_module(bool bias_kv, bool zero_attn) {
 /// bias_k = [-1, 0], 0 for the zero key; q1 scores 0 everywhere (uniform weights).
 template <typename S>
 struct HandInputs {
-  Tensor<S> query = Tensor<S>({2, 2}, std::vector<S>{S(std::sqrt(2.0) * std::log(2.0)), S(0),
-                                                     S(0), S(0)});
+  Tensor<S> query =
+      Tensor<S>({2, 2}, std::vector<S>{S(std::sqrt(2.0) * std::log(2.0)), S(0), S(0), S(0)});
   Tensor<S> key = Tensor<S>({2, 2}, std::vector<S>{S(1), S(0), S(0), S(1)});
   Tensor<S> value = Tensor<S>({2, 2}, std::vector<S>{S(4), S(0), S(0), S(4)});
 };
@@ -155,8 +159,7 @@ TEMPLATE_TEST_CASE("multihead_options: add_bias_kv by hand", "[multihead][bias_k
     require_close(r.attn_weights.as_matrix(),
                   mat<double>(2, 3, {4.0 / 7, 2.0 / 7, 1.0 / 7, 1.0 / 3, 1.0 / 3, 1.0 / 3}),
                   kHandTol<S>);
-    require_close(r.output.as_matrix(), mat<double>(2, 2, {24.0 / 7, 16.0 / 7, 4, 4}),
-                  kHandTol<S>);
+    require_close(r.output.as_matrix(), mat<double>(2, 2, {24.0 / 7, 16.0 / 7, 4, 4}), kHandTol<S>);
   }
   SECTION("key k1 padded (1-D key_padding_mask) or hidden from q0 by is_causal") {
     // The bias_k column is appended unpadded and visible to every query.
@@ -170,8 +173,7 @@ TEMPLATE_TEST_CASE("multihead_options: add_bias_kv by hand", "[multihead][bias_k
     const auto rp = m.forward(in.query, in.key, in.value, padded);
     require_close(rp.attn_weights.as_matrix(),
                   mat<double>(2, 3, {4.0 / 5, 0, 1.0 / 5, 0.5, 0, 0.5}), kHandTol<S>);
-    require_close(rp.output.as_matrix(), mat<double>(2, 2, {24.0 / 5, 8.0 / 5, 6, 4}),
-                  kHandTol<S>);
+    require_close(rp.output.as_matrix(), mat<double>(2, 2, {24.0 / 5, 8.0 / 5, 6, 4}), kHandTol<S>);
     MultiheadAttentionArgs causal;
     causal.is_causal = true;
     // q1 (causal: sees k0, k1 and bias_k): as without a mask, [4, 4].
@@ -252,8 +254,7 @@ TEMPLATE_TEST_CASE("multihead_options: weight rows sum to 1 over S + 1 or S + 2 
       REQUIRE(r.attn_weights.shape() ==
               (average ? Shape{B, L, Sk + extra} : Shape{B, H, L, Sk + extra}));
       const auto w = r.attn_weights.as_matrix();  // [rows, S']
-      require_close(w.rowwise().sum().eval(), Matrix<double>::Ones(w.rows(), 1),
-                    kRowSumTol<S>);
+      require_close(w.rowwise().sum().eval(), Matrix<double>::Ones(w.rows(), 1), kRowSumTol<S>);
       // Padded keys get exactly 0; sequence 0 gives all its weight to the new keys.
       for (Index row = 0; row < w.rows(); ++row) {
         const Index b = row / (average ? L : H * L);
@@ -288,18 +289,20 @@ TEMPLATE_TEST_CASE("multihead_options: no keys (S = 0) attend only the appended 
       double avg_bias = 0;
       for (Index h = 0; h < H; ++h) {
         double dot = 0;
-        for (Index c = 0; c < dh; ++c) dot += double(qi(0, h * dh + c)) * double(m.bias_k.flat()[h * dh + c]);
+        for (Index c = 0; c < dh; ++c)
+          dot += double(qi(0, h * dh + c)) * double(m.bias_k.flat()[h * dh + c]);
         const double s = dot / std::sqrt(double(dh));
         const double w_bias = std::exp(s) / (std::exp(s) + 1.0);
         avg_bias += w_bias / H;
-        for (Index c = 0; c < dh; ++c) heads(0, h * dh + c) = w_bias * double(m.bias_v.flat()[h * dh + c]);
+        for (Index c = 0; c < dh; ++c)
+          heads(0, h * dh + c) = w_bias * double(m.bias_v.flat()[h * dh + c]);
       }
-      const Matrix<double> want = (heads * m.out_proj_weight.template cast<double>().transpose())
-                                      .rowwise() +
-                                  m.out_proj_bias.template cast<double>().transpose();
+      const Matrix<double> want =
+          (heads * m.out_proj_weight.template cast<double>().transpose()).rowwise() +
+          m.out_proj_bias.template cast<double>().transpose();
       require_close(r.output.as_matrix().row(i * B + b), want, kHandTol<S>, kHandTol<S>);
-      require_close(r.attn_weights.matrix(b).row(i),
-                    mat<double>(1, 2, {avg_bias, 1.0 - avg_bias}), kHandTol<S>);
+      require_close(r.attn_weights.matrix(b).row(i), mat<double>(1, 2, {avg_bias, 1.0 - avg_bias}),
+                    kHandTol<S>);
     }
   }
 }
@@ -363,10 +366,11 @@ TEMPLATE_TEST_CASE("multihead_options: unbatched 1-D key_padding_mask equals bat
     for (const bool need_weights : {true, false}) {
       one_d.need_weights = batched.need_weights = need_weights;
       const auto r1 = m.forward(q, k, k, one_d);
-      const auto rb = m.forward(q.reshaped({L, 1, E}), k.reshaped({Sk, 1, E}),
-                                k.reshaped({Sk, 1, E}), batched);
+      const auto rb =
+          m.forward(q.reshaped({L, 1, E}), k.reshaped({Sk, 1, E}), k.reshaped({Sk, 1, E}), batched);
       require_close(r1.output.as_matrix(), rb.output.as_matrix(), 0.0);
-      if (need_weights) require_close(r1.attn_weights.as_matrix(), rb.attn_weights.as_matrix(), 0.0);
+      if (need_weights)
+        require_close(r1.attn_weights.as_matrix(), rb.attn_weights.as_matrix(), 0.0);
       // And the tensor form [1, S] of a batched query is the same mask.
       MultiheadAttentionArgs batched_bool = one_d;
       batched_bool.key_padding_mask_bool = padded.reshaped({1, Sk});
@@ -404,8 +408,8 @@ TEMPLATE_TEST_CASE("multihead_options: bias_k and bias_v initialisation and para
   attend::ParameterList<S> list;
   attend::named_parameters(m, g, list);
   REQUIRE(list.size() == 6);
-  const std::vector<std::string> names{"in_proj_weight", "in_proj_bias", "bias_k", "bias_v",
-                                       "out_proj.weight", "out_proj.bias"};
+  const std::vector<std::string> names{"in_proj_weight", "in_proj_bias",    "bias_k",
+                                       "bias_v",         "out_proj.weight", "out_proj.bias"};
   for (Index i = 0; i < 6; ++i) CHECK(list[i].name() == names[std::size_t(i)]);
   CHECK(list.at("bias_k").shape() == Shape{1, 1, E});
   CHECK(list.at("bias_v").shape() == Shape{1, 1, E});
@@ -423,7 +427,7 @@ struct GradCase {
   MultiheadAttentionOptions options;
   Index B, L, S;  // B = 0: unbatched
   bool self;
-  bool masks;     // key padding (1-D / 2-D tensor form), an additive attn_mask and is_causal
+  bool masks;  // key padding (1-D / 2-D tensor form), an additive attn_mask and is_causal
 };
 
 void check_gradients(const GradCase& c) {
@@ -494,8 +498,8 @@ TEST_CASE("multihead_options: backward with add_bias_kv / add_zero_attn by centr
       {"zero_attn, cross, batched", options(4, 2, false, true), 2, 3, 4, false, false},
       {"both, cross, unbatched, masks", options(4, 2, true, true), 0, 3, 4, false, true},
       {"both, self, batched, masks", options(4, 1, true, true), 2, 4, 4, true, true},
-      {"both, separate kdim/vdim, no bias", options(4, 2, true, true, false, 3, 5), 2, 2, 3,
-       false, true},
+      {"both, separate kdim/vdim, no bias", options(4, 2, true, true, false, 3, 5), 2, 2, 3, false,
+       true},
       {"bias_kv with rotary", rotary(options(4, 2, true, true)), 2, 3, 4, false, false},
       {"bias_kv, no keys (S = 0)", options(4, 2, true, true), 2, 3, 0, false, false},
   };
@@ -524,8 +528,8 @@ TEST_CASE("multihead_options: d_bias_k and d_bias_v accumulate over backward cal
 // State dict
 // =======================================================================================
 
-TEMPLATE_TEST_CASE("multihead_options: save and load bias_k / bias_v by name",
-                   "[multihead][io]", float, double) {
+TEMPLATE_TEST_CASE("multihead_options: save and load bias_k / bias_v by name", "[multihead][io]",
+                   float, double) {
   using S = TestType;
   for (const bool packed : {true, false}) {
     CAPTURE(packed);
@@ -554,6 +558,152 @@ TEMPLATE_TEST_CASE("multihead_options: save and load bias_k / bias_v by name",
     attend::named_parameters(saved, g, list, "self_attn.");
     for (const auto& p : list) CHECK(st.shape(p.name()) == p.shape());
     CHECK(list.size() == static_cast<Index>(st.names().size()));
+  }
+}
+
+// =======================================================================================
+// PyTorch 1.13 fixtures (tests/gen_fixtures_peers.py)
+// =======================================================================================
+
+/// A BOOL or I64 0/1 mask tensor of the file as bools (FIXTURES: both mean the same).
+Tensor<bool> read_bool(const SafeTensors& st, const std::string& name) {
+  if (st.dtype(name) == attend::DType::BOOL) return st.get<bool>(name);
+  const Tensor<std::int64_t> t = st.get<std::int64_t>(name);
+  Tensor<bool> out(t.shape(), false);
+  for (Index i = 0; i < t.size(); ++i) out.data()[i] = t.data()[i] != 0;
+  return out;
+}
+
+/// The fixture files of `folder` (sorted), at least `at_least` of them.
+std::vector<std::string> fixture_files(const std::string& folder, std::size_t at_least) {
+  std::vector<std::string> files;
+  const std::filesystem::path dir = std::filesystem::path(ATTEND_TEST_DATA_DIR) / folder;
+  for (const auto& e : std::filesystem::directory_iterator(dir)) {
+    if (e.path().extension() == ".safetensors") files.push_back(e.path().string());
+  }
+  std::sort(files.begin(), files.end());
+  REQUIRE(files.size() >= at_least);
+  return files;
+}
+
+/// The module, arguments and inputs of a multihead_attention fixture; masks in PyTorch's
+/// forms: key_padding_mask [B, S] or [S] through key_padding_mask_bool, attn_mask through
+/// Mask::from_torch_mha (BOOL/I64) or from_torch_mha_additive (float).
+template <typename S>
+struct MhaFixture {
+  explicit MhaFixture(const std::string& path) : st(SafeTensors::load(path)) {
+    const nlohmann::json o = nlohmann::json::parse(st.metadata().at("options"));
+    MultiheadAttentionOptions opt;
+    opt.embed_dim = o.at("embed_dim").get<Index>();
+    opt.num_heads = o.at("num_heads").get<Index>();
+    opt.bias = o.value("bias", true);
+    opt.kdim = o.value("kdim", Index(0));
+    opt.vdim = o.value("vdim", Index(0));
+    opt.batch_first = o.value("batch_first", false);
+    opt.add_bias_kv = o.value("add_bias_kv", false);
+    opt.add_zero_attn = o.value("add_zero_attn", false);
+    m = std::make_unique<MultiheadAttention<S>>(opt);
+    m->load_state_dict(st);
+    args.need_weights = o.value("need_weights", true);
+    args.average_attn_weights = o.value("average_attn_weights", true);
+    if (st.contains("input.key_padding_mask")) {
+      args.key_padding_mask_bool = read_bool(st, "input.key_padding_mask");
+    }
+    if (st.contains("input.attn_mask")) {
+      const attend::DType dt = st.dtype("input.attn_mask");
+      args.attn_mask =
+          dt == attend::DType::BOOL || dt == attend::DType::I64
+              ? Mask::from_torch_mha(read_bool(st, "input.attn_mask"), opt.num_heads)
+              : Mask::from_torch_mha_additive(st.get<S>("input.attn_mask"), opt.num_heads);
+    }
+    query = st.get<S>("input.query");
+    self = !st.contains("input.key");
+    if (!self) {
+      key = st.get<S>("input.key");
+      value = st.get<S>("input.value");
+    }
+    atol = std::stod(st.metadata().at("atol"));
+    rtol = std::stod(st.metadata().at("rtol"));
+  }
+
+  attend::AttentionResult<S> forward(const MultiheadAttentionArgs& a,
+                                     MultiheadAttentionCache<S>* cache = nullptr) const {
+    return self ? m->forward(query, a, cache) : m->forward(query, key, value, a, cache);
+  }
+
+  /// The file's tensor `name` as S.
+  Tensor<S> get(const std::string& name) const { return st.get<S>(name); }
+
+  SafeTensors st;
+  std::unique_ptr<MultiheadAttention<S>> m;
+  MultiheadAttentionArgs args;
+  Tensor<S> query, key, value;
+  bool self = true;
+  double atol = 0, rtol = 0;
+};
+
+TEMPLATE_TEST_CASE("multihead_options: PyTorch fixtures, forward on both attention paths",
+                   "[multihead][fixture]", float, double) {
+  using S = TestType;
+  const std::string suffix = std::is_same_v<S, float> ? "_f32.safetensors" : "_f64.safetensors";
+  for (const std::string& path : fixture_files("multihead_attention_options", 16)) {
+    const bool ours = path.size() >= suffix.size() &&
+                      path.compare(path.size() - suffix.size(), suffix.size(), suffix) == 0;
+    if (!ours) continue;
+    INFO(path);
+    const MhaFixture<S> f(path);
+    {
+      ScopedAttentionPath guard(AttentionPath::reference);
+      const auto r = f.forward(f.args);
+      require_close(r.output, f.get("expected.output"), f.atol, f.rtol);
+      if (f.args.need_weights) {
+        require_close(r.attn_weights, f.get("expected.attn_weights"), f.atol, f.rtol);
+      } else {
+        REQUIRE(!f.st.contains("expected.attn_weights"));
+      }
+    }
+    ScopedAttentionPath guard(AttentionPath::fused);
+    MultiheadAttentionArgs no_weights = f.args;
+    no_weights.need_weights = false;
+    require_close(f.forward(no_weights).output, f.get("expected.output"), f.atol, f.rtol);
+  }
+}
+
+TEST_CASE("multihead_options: PyTorch fixtures, gradients by name", "[multihead][fixture]") {
+  for (const std::string& path : fixture_files("grad_multihead_attention_options", 14)) {
+    INFO(path);
+    const bool is_float = path.find("_f32.") != std::string::npos;
+    const auto check = [&](auto tag) {
+      using S = decltype(tag);
+      MhaFixture<S> f(path);
+      MultiheadAttentionCache<S> cache;
+      f.forward(f.args, &cache);
+      const bool weights_up = f.st.contains("upstream.attn_weights");
+      const Tensor<S> up_w = weights_up ? f.get("upstream.attn_weights") : Tensor<S>();
+      MultiheadAttentionGrad<S> g;
+      const auto d =
+          f.m->backward(cache, f.get("upstream.output"), g, weights_up ? &up_w : nullptr);
+      Index checked = 0;
+      attend::named_parameters(*f.m, g, [&](const std::string& name, auto&, auto& grad) {
+        INFO(name);
+        const Tensor<S> want = f.get("grad." + name);
+        REQUIRE(want.size() == grad.size());
+        const Eigen::Map<const Eigen::Matrix<S, Eigen::Dynamic, 1>> got(grad.data(), grad.size());
+        require_close(got, want.flat(), f.atol, f.rtol);
+        ++checked;
+      });
+      CHECK(checked >= 4);
+      require_close(d.d_query, f.get("grad.input.query"), f.atol, f.rtol);
+      if (!f.self) {
+        require_close(d.d_key, f.get("grad.input.key"), f.atol, f.rtol);
+        require_close(d.d_value, f.get("grad.input.value"), f.atol, f.rtol);
+      }
+    };
+    if (is_float) {
+      check(float());
+    } else {
+      check(double());
+    }
   }
 }
 
@@ -601,20 +751,21 @@ TEMPLATE_TEST_CASE("multihead_options: bad bias_k / bias_v and 1-D masks are rej
                         "MultiheadAttention::forward: key_padding_mask_bool is [3], expected [2] "
                         "([S]: the query is unbatched)");
     a.key_padding_mask_bool = Tensor<bool>({2}, false);
-    REQUIRE_THROWS_AS(m.forward(q.reshaped({3, 1, 2}), k.reshaped({2, 1, 2}),
-                                k.reshaped({2, 1, 2}), a),
-                      attend::shape_error);
-    REQUIRE_THROWS_WITH(m.forward(q.reshaped({3, 1, 2}), k.reshaped({2, 1, 2}),
-                                  k.reshaped({2, 1, 2}), a),
-                        "MultiheadAttention::forward: key_padding_mask_bool is [2], expected "
-                        "[1, 2] ([B, S])");
+    REQUIRE_THROWS_AS(
+        m.forward(q.reshaped({3, 1, 2}), k.reshaped({2, 1, 2}), k.reshaped({2, 1, 2}), a),
+        attend::shape_error);
+    REQUIRE_THROWS_WITH(
+        m.forward(q.reshaped({3, 1, 2}), k.reshaped({2, 1, 2}), k.reshaped({2, 1, 2}), a),
+        "MultiheadAttention::forward: key_padding_mask_bool is [2], expected "
+        "[1, 2] ([B, S])");
   }
   SECTION("a bias_k member of the wrong shape") {
     m.bias_k = Tensor<S>({2});
     const Tensor<S> q = random_tensor<S>({3, 2}, rng);
     REQUIRE_THROWS_AS(m.forward(q), attend::shape_error);
-    REQUIRE_THROWS_WITH(m.forward(q), "MultiheadAttention::forward: bias_k is [2], expected "
-                                      "[1, 1, 2] (add_bias_kv)");
+    REQUIRE_THROWS_WITH(m.forward(q),
+                        "MultiheadAttention::forward: bias_k is [2], expected "
+                        "[1, 1, 2] (add_bias_kv)");
   }
   SECTION("backward with a cache of a module without the appended keys, or a bad d_bias_k") {
     const MultiheadAttention<S> plain(options(2, 1, false, false), 1);

@@ -140,8 +140,9 @@ inline Mask append_visible_keys(const Mask& mask, Index L, Index S, Index extra)
 /// head h's scaled scores, as `alibi_mask(H, L, S, false, query_position - key_position)`
 /// passed in attn_mask would (it is built per call: H * L * S doubles).
 /// \note Vaswani et al. 2017, section 3.2.2; torch.nn.MultiheadAttention (eval mode; dropout
-///       is not supported) and F.multi_head_attention_forward for add_bias_kv/add_zero_attn. Rotary: Su et al. 2021; ALiBi:
-///       Press, Smith & Lewis 2022. The KV-cache functions (kv_cache.hpp) do not apply them.
+///       is not supported) and F.multi_head_attention_forward for add_bias_kv/add_zero_attn.
+///       Rotary: Su et al. 2021; ALiBi: Press, Smith & Lewis 2022. The KV-cache functions
+///       (kv_cache.hpp) do not apply positions, bias_k/bias_v or the zero key (they refuse).
 /// \sa GroupedQueryAttention (which also has rotary), alibi_mask, apply_rotary
 template <typename Scalar>
 class MultiheadAttention {

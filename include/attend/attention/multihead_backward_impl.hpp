@@ -55,8 +55,8 @@ void prepare_grad(Tensor<Scalar>& grad, const Tensor<Scalar>& param, const std::
 /// `dZ_h = scale * W_h * (dW_h - rowsum(W_h * dW_h))`, `dQ_h = dZ_h K_h`, `dK_h = dZ_h^T Q_h`,
 /// then through the rotation (rotary) and the projections. With add_bias_kv, `d_bias_k` and
 /// `d_bias_v` are the gradients of the appended key/value row (summed over the batch); the
-/// zero key of add_zero_attn is a constant and its gradient is dropped. Masked (query, key) pairs have
-/// weight 0 and pass no gradient; masks themselves get none.
+/// zero key of add_zero_attn is a constant and its gradient is dropped. Masked (query, key)
+/// pairs have weight 0 and pass no gradient; masks themselves get none.
 /// \param cache filled by forward(..., &cache) of this module (parameters unchanged since)
 /// \param d_output the upstream gradient, shaped as the forward's query (= output)
 /// \param grads parameter gradients, accumulated (+=); empty members are zeroed first
@@ -155,7 +155,7 @@ MultiheadAttentionInputGrads<Scalar> MultiheadAttention<Scalar>::backward(
     return i == 0 ? grads.d_q_proj_weight : (i == 1 ? grads.d_k_proj_weight : grads.d_v_proj_weight);
   };
   Mat d_heads(L, E), dq(L, E), dk(S_all, E), dv(S_all, E);  // [L, E], [L, E], [S', E], [S', E]
-  Mat dw(L, S_all);                                 // [L, S'] one head's weight gradient
+  Mat dw(L, S_all);  // [L, S'] one head's weight gradient
   // L = 0 or S = 0: no head slices (a block of an empty matrix offsets a null pointer); as
   // in the forward, the heads are 0, so only the out_proj bias gets a gradient.
   const bool empty = L == 0 || S_all == 0;
