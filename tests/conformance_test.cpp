@@ -942,15 +942,13 @@ TEMPLATE_TEST_CASE("runner: what the runner does not handle is UNSUPPORTED", "[c
   CHECK(verdict(softmax_case<S>({2}, {0, 0}, {0.5, 0.5}, kExact, kExact)
                     .template add<S>("expected.log", {2}, {0, 0})
                     .run()) == "UNSUPPORTED output 'log' of softmax");
-  // Gradient cases: upstream. and grad. tensors.
-  CaseFile grad = softmax_case<S>({2}, {0, 0}, {0.5, 0.5}, kExact, kExact);
-  grad.add<S>("upstream.output", {2}, {1, 0})
-      .template add<S>("grad.input.input", {2}, {0.25, -0.25});
-  CHECK(verdict(grad.run()) == "UNSUPPORTED gradient case (grad./upstream. tensors) of softmax");
-  CaseFile grad_only = softmax_case<S>({2}, {0, 0}, {0.5, 0.5}, kExact, kExact);
-  grad_only.add<S>("grad.input.input", {2}, {0, 0});
-  CHECK(verdict(grad_only.run()) ==
-        "UNSUPPORTED gradient case (grad./upstream. tensors) of softmax");
+  // Gradient cases of a module without a backward (the positional table has no input).
+  // d_model 2, position 0: [sin 0, cos 0] = [0, 1].
+  CaseFile pe("sinusoidal_positional_encoding", R"({"max_len": 1, "d_model": 2})", kExact,
+              kExact);
+  pe.add<S>("expected.output", {1, 2}, {0, 1}).template add<S>("upstream.output", {1, 2}, {1, 1});
+  CHECK(verdict(pe.run()) ==
+        "UNSUPPORTED gradient case (grad./upstream. tensors) of sinusoidal_positional_encoding");
 
   // Dropout other than 0 (training mode); 0 is accepted and ignored.
   const auto mha = [](const std::string& options) {
@@ -961,8 +959,11 @@ TEMPLATE_TEST_CASE("runner: what the runner does not handle is UNSUPPORTED", "[c
   CHECK(mha(R"({"embed_dim": 2, "num_heads": 2, "dropout": 0.1})") ==
         "UNSUPPORTED option 'dropout' != 0 (training mode)");
   CHECK(mha(R"({"embed_dim": 2, "num_heads": 2, "dropout": 0})") == "PASS");
-  CHECK(mha(R"({"embed_dim": 2, "num_heads": 2, "add_bias_kv": true})") ==
-        "UNSUPPORTED option 'add_bias_kv'");
+  // add_bias_kv is handled, and needs its parameters: without bias_k the case fails.
+  CHECK_THAT(mha(R"({"embed_dim": 2, "num_heads": 2, "add_bias_kv": true})"),
+             StartsWith("FAIL ") && Contains("bias_k"));
+  CHECK(mha(R"({"embed_dim": 2, "num_heads": 2, "add_attn_sink": true})") ==
+        "UNSUPPORTED option 'add_attn_sink' of multihead_attention");
   const auto sdpa = [](const std::string& options) {
     CaseFile c("scaled_dot_product_attention", options, kExact, kExact);
     c.add<S>("input.query", {1, 1}, {1}).template add<S>("input.key", {2, 1}, {1, 1});
@@ -971,7 +972,48 @@ TEMPLATE_TEST_CASE("runner: what the runner does not handle is UNSUPPORTED", "[c
   };
   CHECK(sdpa(R"({"dropout_p": 0.5})") == "UNSUPPORTED option 'dropout_p' != 0 (training mode)");
   CHECK(sdpa(R"({"dropout_p": 0.0})") == "PASS");
-  CHECK(sdpa(R"({"enable_gqa": true})") == "UNSUPPORTED option 'enable_gqa'");
+  CHECK(sdpa(R"({"sliding_window": 4})") ==
+        "UNSUPPORTED option 'sliding_window' of scaled_dot_product_attention");
+}
+
+TEMPLATE_TEST_CASE("runner: attention cases run through every path", "[conformance]", float,
+                   double) {
+  using S = TestType;
+  using attend::conformance::detail::paths_for;
+  // The reference, then the fused kernel in each variant this CPU runs (double: portable).
+  std::vector<std::string> want{"reference", "fused/portable"};
+  if (std::is_same_v<S, float> && attend::fused_kernel_supported(attend::FusedKernel::avx2)) {
+    want.push_back("fused/avx2");
+  }
+  std::vector<std::string> names;
+  for (const auto& p : paths_for("scaled_dot_product_attention", false, std::is_same_v<S, float>))
+    names.push_back(p.name);
+  CHECK(names == want);
+  names.clear();
+  for (const auto& p : paths_for("transformer_encoder_layer", false, std::is_same_v<S, float>))
+    names.push_back(p.name);
+  CHECK(names == want);
+  // Modules without attention, and training through cached weights: one path.
+  CHECK(paths_for("lstm", false, true).size() == 1);
+  CHECK(paths_for("multihead_attention", true, true).size() == 1);
+  CHECK(paths_for("scaled_dot_product_attention", true, std::is_same_v<S, float>).size() ==
+        want.size());
+
+  // enable_gqa (rank 3, heads in dim 0): q [2, 1, 1] = 1, one kv head k [1, 2, 1] = 1,
+  // v = [2, 6]: both query heads weigh the two equal scores 1/2 each, output (2 + 6) / 2 = 4.
+  CaseFile gqa("scaled_dot_product_attention", R"({"enable_gqa": true})", kExact, kExact);
+  gqa.add<S>("input.query", {2, 1, 1}, {1, 1}).template add<S>("input.key", {1, 2, 1}, {1, 1});
+  gqa.add<S>("input.value", {1, 2, 1}, {2, 6}).template add<S>("expected.output", {2, 1, 1}, {4, 4});
+  CHECK(verdict(gqa.run()) == "PASS");
+  // Only the weights expected: the fused paths compute none of the case's tensors, and the
+  // FAIL line names the first such path.
+  CaseFile weights_only("scaled_dot_product_attention", "", kExact, kExact);
+  weights_only.add<S>("input.query", {1, 1}, {1}).template add<S>("input.key", {2, 1}, {1, 1});
+  weights_only.add<S>("input.value", {2, 1}, {2, 6});
+  weights_only.add<S>("expected.attn_weights", {1, 2}, {0.5, 0.5});
+  CHECK(verdict(weights_only.run()) ==
+        "FAIL the run produced none of the case's expected. or grad. tensors (path "
+        "fused/portable)");
 }
 
 TEMPLATE_TEST_CASE("runner: gradient cases check every grad. tensor; no backward is UNSUPPORTED",
@@ -1018,9 +1060,15 @@ TEMPLATE_TEST_CASE("runner: gradient cases check every grad. tensor; no backward
   one.add<S>("grad.out_proj.bias", {2}, {0, 1});
   CHECK(verdict(one.run()) == "PASS");
 
-  // A module whose gradient case the runner does not check (softmax) stays UNSUPPORTED.
-  CaseFile soft("softmax", "", kExact, kExact);
-  soft.add<S>("input.input", {2}, {0, 0}).template add<S>("expected.output", {2}, {0.5, 0.5});
-  soft.add<S>("upstream.output", {2}, {1, 0});
-  CHECK(verdict(soft.run()) == "UNSUPPORTED gradient case (grad./upstream. tensors) of softmax");
+  // softmax of [0, 0] is [1/2, 1/2]; with upstream [1, 0]:
+  // dx = y * (dy - y . dy) = [0.5 (1 - 0.5), 0.5 (0 - 0.5)] = [0.25, -0.25].
+  const auto soft = [](std::vector<double> grad, bool with_upstream = true) {
+    CaseFile c = softmax_case<S>({2}, {0, 0}, {0.5, 0.5}, kExact, kExact);
+    if (with_upstream) c.add<S>("upstream.output", {2}, {1, 0});
+    c.add<S>("grad.input.input", {2}, grad);
+    return verdict(c.run());
+  };
+  CHECK(soft({0.25, -0.25}) == "PASS");
+  CHECK_THAT(soft({0.25, 0.25}), StartsWith("FAIL grad.input.input: max_abs_err=5.000e-01 at [1]"));
+  CHECK(soft({0.25, -0.25}, false) == "FAIL no upstream. tensor: the gradient case defines no L");
 }

@@ -182,7 +182,7 @@ inline bool is_bool_dtype(DType d) { return d == DType::BOOL || d == DType::I64;
 template <typename S>
 Mask read_mask(const Case& c, const std::string& name, Index heads) {
   // PyTorch broadcasts an SDPA mask of rank < 2 ([S] or a scalar) as [1, S] or [1, 1];
-  // the Mask type takes rank 2 to 4. (MHA masks must be 2-D or 3-D, as in PyTorch.)
+  // the Mask type takes rank >= 2. (MHA masks must be 2-D or 3-D, as in PyTorch.)
   const auto at_least_2d = [heads](auto m) {
     if (heads > 0 || m.rank() >= 2) return m;
     return m.reshaped({1, m.rank() == 1 ? m.dim(0) : 1});
@@ -330,7 +330,7 @@ MultiheadAttentionArgs read_mha_args(const Case& c, const MultiheadAttentionOpti
     // [B, S], or [S] for unbatched input (PyTorch's only form there)
     const std::string name = "input.key_padding_mask";
     if (is_bool_dtype(c.st->dtype(name))) {
-      a.key_padding_mask = Mask::key_padding(c.st->get<bool>(name));
+      a.key_padding_mask_bool = c.st->get<bool>(name);  // PyTorch's form, checked by forward
     } else {
       const Tensor<S> kp = c.st->get<S>(name);
       if (kp.rank() != 2 && kp.rank() != 1) {
@@ -542,7 +542,9 @@ void compare(const Case& c, const Outputs<S>& got, CaseResult& result, bool all_
 }
 
 /// Runs the case through every path of paths_for and compares each run; the first failing
-/// path ends it, named in the detail. max_abs_err is the largest over the paths.
+/// path ends it. A failure on a later path (a fused one) ends with "(path <name>)"; one on
+/// the first path (the reference, or a module's only path) carries no suffix, as it reads
+/// the case the same way every path does. max_abs_err is the largest over the paths.
 template <typename S>
 void run_and_compare(Case& c, bool gradient_case, CaseResult& result) {
   const std::vector<RunPath> paths = paths_for(c.module, gradient_case, std::is_same_v<S, float>);
@@ -556,12 +558,12 @@ void run_and_compare(Case& c, bool gradient_case, CaseResult& result) {
     } catch (const unsupported&) {
       throw;
     } catch (const std::exception& e) {
-      if (c.path.name.empty()) throw;
+      if (i == 0) throw;
       throw std::runtime_error(std::string(e.what()) + " (path " + c.path.name + ")");
     }
     compare<S>(c, got, result, i == 0);
     if (result.status != CaseResult::Status::pass) {
-      if (!c.path.name.empty()) result.detail += " (path " + c.path.name + ")";
+      if (i > 0) result.detail += " (path " + c.path.name + ")";
       return;
     }
     max_abs = std::max(max_abs, result.max_abs_err);
