@@ -7,7 +7,7 @@
 #   make fuzz          fuzz each libFuzzer target for FUZZ_SECONDS (default 600)
 #   make valgrind      the examples and the conformance runner under valgrind memcheck
 #   make demo          build the examples, run the tour and a shortened bottleneck experiment
-#   make bench         Release build of attend-bench, results in build/bench.json
+#   make bench         Release build of attend-bench (and attend-bench-O2), results in build/bench.json
 #   make umbrella      regenerate include/attend/attend.hpp after adding a header
 #   make format        clang-format every source in place; make format-check only reports
 #   make clean         remove build/
@@ -119,7 +119,7 @@ demo: deps
 bench: deps
 	$(call configure,release,g++) -DCMAKE_BUILD_TYPE=Release \
 	  -DATTEND_BUILD_TESTS=OFF -DATTEND_BUILD_EXAMPLES=OFF -DATTEND_NATIVE=ON
-	$(CMAKE) --build $(BUILD)/release -j $(JOBS) --target attend-bench
+	$(CMAKE) --build $(BUILD)/release -j $(JOBS) --target attend-bench attend-bench-O2
 	$(BUILD)/release/bin/attend-bench --benchmark_out=$(BUILD)/bench.json \
 	  --benchmark_out_format=json
 
