@@ -2,7 +2,7 @@
 // Self-attention by hand on a three-word sentence, every step printed, then checked
 // against attend::scaled_dot_product_attention.
 //
-// Lecture notes, "Key Concepts of Transformers" and "Self-Attention": tokenization ->
+// docs/lecture-notes.md, "Key Concepts of Transformers" and "Self-Attention": tokenization ->
 // word embeddings -> positional encodings -> query, key, value ->
 // Attention(Q, K, V) = softmax(Q K^T / sqrt(d_k)) V, a weighted average of the values.
 #include "attend/attend.hpp"

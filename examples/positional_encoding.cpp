@@ -2,7 +2,7 @@
 // The sinusoidal positional encoding as a heatmap, and how similar two positions' codes
 // are as the distance between them grows.
 //
-// Lecture notes, "Positional encodings": tokenization turns a sentence into a set and
+// docs/lecture-notes.md, "Positional encodings": tokenization turns a sentence into a set and
 // loses the order; the transformer adds a small position-dependent vector to each word
 // embedding, PE[p, 2i] = sin(p w_i), PE[p, 2i+1] = cos(p w_i), w_i = 1 / 10000^(2i / d)
 // (Vaswani et al. 2017, section 3.5). Each column pair is a wave; wavelengths grow

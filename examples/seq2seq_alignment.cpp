@@ -2,7 +2,7 @@
 // An LSTM encoder-decoder with Bahdanau attention translates a sentence word by word; its
 // alignment matrix is printed as a table and drawn as a heatmap with the words as labels.
 //
-// Lecture notes, "attention as alignment between words": at output step i the decoder
+// docs/lecture-notes.md, "attention as alignment between words": at output step i the decoder
 // scores each encoder state h_j against its previous state s_{i-1}, a_ij = softmax_j(v .
 // tanh(W1 h_j + W2 s_{i-1})), and reads c_i = sum_j a_ij h_j. a [output x source words]
 // shows where each output word came from (Bahdanau, Cho & Bengio 2015, figure 3).

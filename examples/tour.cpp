@@ -1,8 +1,8 @@
 // SPDX-License-Identifier: MIT
-// The demo: a short tour of the lecture notes' ideas, each condensed from its own example
+// The demo: a short tour of the ideas of docs/lecture-notes.md, each condensed from its own example
 // (attention_by_hand, why_sqrt_dk, positional_encoding), plus multi-head attention.
 //
-// Lecture notes: "Key Concepts of Transformers" (tokens, embeddings, positions) and
+// docs/lecture-notes.md: "Key Concepts of Transformers" (tokens, embeddings, positions) and
 // "Self-Attention" (softmax(Q K^T / sqrt(d_k)) V, the sqrt(d_k) scaling, several heads).
 #include "attend/attend.hpp"
 

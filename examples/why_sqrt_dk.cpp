@@ -1,7 +1,7 @@
 // SPDX-License-Identifier: MIT
 // Why attention divides the scores by sqrt(d_k): measured on random queries and keys.
 //
-// Lecture notes, "Self-Attention": Attention(Q, K, V) = softmax(Q K^T / sqrt(d_k)) V, and
+// docs/lecture-notes.md, "Self-Attention": Attention(Q, K, V) = softmax(Q K^T / sqrt(d_k)) V, and
 // the scaling factor "makes sure that the vectors won't explode". With N(0, 1) entries a
 // score q . k sums d_k products, so its variance is d_k: for large d_k the softmax sees
 // huge differences between scores and puts nearly all the weight on one key, which also

@@ -8,7 +8,7 @@
 # The umbrella includes every header under include/attend except attend.hpp itself and
 # *_impl.hpp files, in dependency order: a header comes after every attend header it
 # includes (directly, or through its _impl file). Folders stay together where the
-# dependencies allow: folders are ordered by their dependencies first (DESIGN.md's order
+# dependencies allow: folders are ordered by their dependencies first (docs/style.md's folder order
 # breaks ties and cycles), then headers within that order, path order breaking ties.
 set -euo pipefail
 
@@ -30,7 +30,7 @@ folder_of() {
   [[ "$rest" == */* ]] && echo "${rest%%/*}" || echo attend
 }
 
-# DESIGN.md's rank of a folder, as two digits; unknown folders after the known ones.
+# The rank of a folder in docs/style.md's order, as two digits; unknown folders after the known ones.
 rank_of() {
   local i
   for i in "${!folders[@]}"; do
@@ -108,7 +108,7 @@ topo_sort() {
   done
 }
 
-# 1. Folders, by their dependencies, DESIGN.md order breaking ties and cycles.
+# 1. Folders, by their dependencies, docs/style.md's order breaking ties and cycles.
 mapfile -t all_folders < <(
   for h in "${headers[@]}"; do f="$(folder_of "$h")"; echo "$(rank_of "$f") $f"; done |
     LC_ALL=C sort -u | cut -d' ' -f2-

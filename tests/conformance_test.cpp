@@ -1,5 +1,5 @@
 // SPDX-License-Identifier: MIT
-// Tests that the conformance runner (tests/conformance/runner.hpp) follows every FIXTURES.md rule.
+// Tests that the conformance runner (tests/conformance/runner.hpp) follows every docs/fixtures.md rule.
 #include "attend/io/safetensors.hpp"
 #include "attend/io/safetensors_writer.hpp"
 
@@ -34,7 +34,7 @@ const double kLn2 = std::log(2.0);
 const double kLn3 = std::log(3.0);
 const double kLn5 = std::log(5.0);
 
-// Tolerances of the hand-made cases (FIXTURES.md decimal strings). Expected values are
+// Tolerances of the hand-made cases (docs/fixtures.md decimal strings). Expected values are
 // exact rationals or double libm results; the library rounds logits such as ln 3 to the
 // case dtype and computes exp, sums and products in it: a few ulp (float eps 1.2e-7,
 // double 2.2e-16) on values of magnitude <= 30, i.e. <= 4e-6 in float and <= 1e-14 in

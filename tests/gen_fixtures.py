@@ -1,6 +1,6 @@
 #!/usr/bin/python3
 # SPDX-License-Identifier: MIT
-# Writes the seeded PyTorch reference fixtures of tests/data (format: shared FIXTURES.md).
+# Writes the seeded PyTorch reference fixtures of tests/data (format: docs/fixtures.md).
 """Generate (and check) the PyTorch reference fixtures of the attention core.
 
 Usage (Debian's python3-torch; the pyenv `python3` has no torch):
@@ -467,7 +467,7 @@ def gen_sdpa(w):
 # ---------------------------------------------------------------------------------------
 # is_causal is not generated for nn.MultiheadAttention: torch 1.13's forward has no
 # is_causal argument, and in later versions it is only a hint that requires attn_mask to
-# be the causal mask, while FIXTURES.md never gives both is_causal and attn_mask.
+# be the causal mask, while docs/fixtures.md never gives both is_causal and attn_mask.
 
 def gen_mha(w):
     module = "multihead_attention"
@@ -675,11 +675,11 @@ def gen_embedding(w):
 
 
 # ---------------------------------------------------------------------------------------
-# sinusoidal_positional_encoding (no torch module: FIXTURES.md formulas, float64 math)
+# sinusoidal_positional_encoding (no torch module: docs/fixtures.md formulas, float64 math)
 # ---------------------------------------------------------------------------------------
 
 def sinusoidal_reference(max_len, d_model, layout, first_position):
-    """[max_len, d_model] float64 table from the FIXTURES.md formulas, scalar math."""
+    """[max_len, d_model] float64 table from the docs/fixtures.md formulas, scalar math."""
     n_sin, n_cos = (d_model + 1) // 2, d_model // 2
     pe = torch.zeros(max_len, d_model, dtype=F64)
     for r in range(max_len):
@@ -732,7 +732,7 @@ def gen_sinusoidal(w):
 # ---------------------------------------------------------------------------------------
 # rnn_cell, lstm_cell, gru_cell, rnn, lstm, gru
 # ---------------------------------------------------------------------------------------
-# Tensor names follow FIXTURES.md. Variable lengths have no name there; they are passed as
+# Tensor names follow docs/fixtures.md. Variable lengths have no name there; they are passed as
 # `input.lengths` (I64 [B]): sequence b has lengths[b] valid steps (1 <= lengths[b] <= T,
 # any order). The expected outputs are PyTorch's packed-sequence results:
 # pack_padded_sequence(input, lengths, batch_first, enforce_sorted=False), the module, then
@@ -970,7 +970,7 @@ def gen_recurrent(w):
 
 
 # ---------------------------------------------------------------------------------------
-# bahdanau_attention, luong_attention (no torch module: FIXTURES.md formulas)
+# bahdanau_attention, luong_attention (no torch module: docs/fixtures.md formulas)
 # ---------------------------------------------------------------------------------------
 
 

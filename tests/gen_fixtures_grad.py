@@ -1,6 +1,6 @@
 #!/usr/bin/python3
 # SPDX-License-Identifier: MIT
-# Writes the seeded PyTorch gradient fixtures of tests/data (format: shared FIXTURES.md).
+# Writes the seeded PyTorch gradient fixtures of tests/data (format: docs/fixtures.md).
 """Generate the PyTorch gradient fixtures (upstream. and grad. tensors).
 
 Usage (Debian's python3-torch; the pyenv `python3` has no torch):
@@ -11,7 +11,7 @@ Usage (Debian's python3-torch; the pyenv `python3` has no torch):
 Files: tests/data/grad_multihead_attention/<case>_<f32|f64>.safetensors (module
 `multihead_attention`), tests/data/grad_embedding/... (module `embedding`) and
 tests/data/grad_transformer_encoder_layer/... (module `transformer_encoder_layer`) and
-tests/data/grad_lstm/... (module `lstm`). Each case holds the forward case of FIXTURES.md (parameters, `input.`,
+tests/data/grad_lstm/... (module `lstm`). Each case holds the forward case of docs/fixtures.md (parameters, `input.`,
 `expected.`) plus `upstream.<output>` and the gradients `grad.<parameter>` and
 `grad.input.<name>` of L = sum over outputs of sum(<output> * upstream.<output>),
 computed by torch autograd in the case's dtype. For self-attention (no key/value in the

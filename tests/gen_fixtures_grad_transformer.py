@@ -1,6 +1,6 @@
 #!/usr/bin/python3
 # SPDX-License-Identifier: MIT
-# Writes the seeded PyTorch gradient fixtures of the transformer decoder layer (FIXTURES.md).
+# Writes the seeded PyTorch gradient fixtures of the transformer decoder layer (docs/fixtures.md).
 """Generate the PyTorch gradient fixtures of nn.TransformerDecoderLayer.
 
 Usage (Debian's python3-torch; the pyenv `python3` has no torch):
@@ -9,7 +9,7 @@ Usage (Debian's python3-torch; the pyenv `python3` has no torch):
     /usr/bin/python3 tests/gen_fixtures_grad_transformer.py --out DIR  # write elsewhere
 
 Files: tests/data/grad_transformer_decoder_layer/<case>_<f32|f64>.safetensors (module
-`transformer_decoder_layer`). Each case holds the forward case of FIXTURES.md as
+`transformer_decoder_layer`). Each case holds the forward case of docs/fixtures.md as
 tests/gen_fixtures_transformer.py writes it (parameters by nn.TransformerDecoderLayer's
 names, `input.tgt`, `input.memory`, the masks, `expected.output`) plus `upstream.output`
 and the gradients `grad.<parameter>`, `grad.input.tgt` and `grad.input.memory` of

@@ -22,10 +22,10 @@ float64. A rerun gives byte-identical files.
 Torch 1.13 notes that shape the generator:
 - Its transformer layers have no is_causal argument. Cases with the `is_causal` /
   `tgt_is_causal` option are computed with the explicit causal mask (key j > i blocked)
-  and written without any mask tensor, as FIXTURES.md requires.
+  and written without any mask tensor, as docs/fixtures.md requires.
 - In eval mode under no_grad, nn.TransformerEncoderLayer (batch_first, no src_mask, even
   nhead) takes a fused fast path, and nn.TransformerEncoder with a key padding mask
-  converts to nested tensors and returns zeros at padded positions, which FIXTURES.md
+  converts to nested tensors and returns zeros at padded positions, which docs/fixtures.md
   forbids. References are therefore computed on the plain path (grad enabled with
   parameters requiring grad, as gen_fixtures.py does for MHA) and cross-checked against
   the fast path where it applies (non-padded positions only).
@@ -515,7 +515,7 @@ def gen_transformer(w):
 
 class TransformerSeq2Seq(torch.nn.Module):
     """Token ids to logits: `generator(transformer(src_embed(src) * sqrt(E) + PE[:S],
-    tgt_embed(tgt) * sqrt(E) + PE[:L]))`, PE the sinusoidal table of FIXTURES.md (a
+    tgt_embed(tgt) * sqrt(E) + PE[:L]))`, PE the sinusoidal table of docs/fixtures.md (a
     non-persistent buffer, so not in the state dict). Its state-dict names are those
     attend::TransformerSeq2Seq loads: src_embed.weight, tgt_embed.weight, transformer.*
     (nn.Transformer's), generator.weight, generator.bias."""

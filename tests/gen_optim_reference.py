@@ -9,7 +9,7 @@ Usage (Debian's python3-torch; the pyenv `python3` has no torch):
     /usr/bin/python3 tests/gen_optim_reference.py           # rewrite the .inc file
     /usr/bin/python3 tests/gen_optim_reference.py --check   # exit 1 if it is out of date
 
-These are not fixtures of the conformance contract (FIXTURES.md has no optimizer module),
+These are not fixtures of the conformance contract (docs/fixtures.md has no optimizer module),
 so they are C++ constants included by tests/train_test.cpp rather than .safetensors files:
 `attend-conformance` walks tests/data for *.safetensors and would report any file here as
 a failure.

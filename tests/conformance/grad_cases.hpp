@@ -1,5 +1,5 @@
 // SPDX-License-Identifier: MIT
-// Conformance gradient cases (FIXTURES.md `upstream.` and `grad.` tensors): forward plus
+// Conformance gradient cases (docs/fixtures.md `upstream.` and `grad.` tensors): forward plus
 // backward of multihead_attention, embedding, transformer_encoder_layer,
 // transformer_decoder_layer and the recurrent stacks rnn, lstm and gru (backpropagation
 // through time); the functions and small modules are in grad_op_cases.hpp.

@@ -1,6 +1,6 @@
 // SPDX-License-Identifier: MIT
 // Conformance cases of the recurrent modules: rnn/lstm/gru cells and layers, Bahdanau and
-// Luong alignment (FIXTURES.md names; variable lengths as `input.lengths`, tests/data/README.md).
+// Luong alignment (docs/fixtures.md names; variable lengths as `input.lengths`, tests/data/README.md).
 //
 // Wiring (runner.hpp): declare `template <typename S> bool run_rnn_module(const Case&,
 // Outputs<S>&);` in attend::conformance::detail before run_module, dispatch there with

@@ -1,5 +1,5 @@
 // SPDX-License-Identifier: MIT
-// The conformance runner's case loader and checker: runs one FIXTURES.md case file.
+// The conformance runner's case loader and checker: runs one docs/fixtures.md case file.
 #pragma once
 
 #include "attend/attend.hpp"
@@ -196,7 +196,7 @@ Mask read_mask(const Case& c, const std::string& name, Index heads) {
 }
 
 /// Rejects a key with S = 0 positions (S on axis `s_axis`): every score row would be
-/// empty, i.e. fully masked, which FIXTURES.md excludes (attend's softmax asserts on it).
+/// empty, i.e. fully masked, which docs/fixtures.md excludes (attend's softmax asserts on it).
 template <typename S>
 void no_empty_rows(const Tensor<S>& key, Index s_axis) {
   if (s_axis >= 0 && s_axis < key.rank() && key.dim(s_axis) == 0) {

@@ -1,6 +1,6 @@
 // SPDX-License-Identifier: MIT
 // Conformance cases of the transformer blocks: layer_norm, transformer_encoder_layer,
-// transformer_decoder_layer (FIXTURES.md names), transformer_encoder, transformer_decoder,
+// transformer_decoder_layer (docs/fixtures.md names), transformer_encoder, transformer_decoder,
 // transformer and transformer_seq2seq (names in tests/data/README.md).
 //
 // Wiring (runner.hpp): declare `template <typename S> bool run_transformer_module(const Case&,

@@ -90,7 +90,7 @@ void additive_scores(const MatrixCRef<S>& keys_proj, const MatrixCRef<S>& q_proj
 /// `weights = softmax_j(score)` over unmasked keys, `context = sum_j weights_j keys_j`.
 ///
 /// In the decoder of Bahdanau et al. the query is the previous decoder state s_{i-1} and the
-/// keys are the encoder states h_j. Parameters (names as FIXTURES.md): `W1` [A, Hk], `W2`
+/// keys are the encoder states h_j. Parameters (names as docs/fixtures.md): `W1` [A, Hk], `W2`
 /// [A, Hq], `v` [A]. `project_keys` computes W1 keys_j once per source sequence, so a
 /// decoder pays only for W2 query and the tanh per step.
 /// \note Bahdanau, Cho & Bengio 2015, "Neural Machine Translation by Jointly Learning to
@@ -197,7 +197,7 @@ class BahdanauAttention {
 /// then `weights = softmax_j(score)` over unmasked keys, `context = sum_j weights_j keys_j`,
 /// and, when `Wc` [Hq, Hk + Hq] is present, the attentional hidden state
 /// `tanh(Wc [context; query])` (context first). In Luong's decoder the query is the current
-/// state s_i. Names follow FIXTURES.md.
+/// state s_i. Names follow docs/fixtures.md.
 /// \note Luong, Pham & Manning 2015, "Effective Approaches to Attention-based Neural
 ///       Machine Translation", section 3. A fully masked row gives zeros, not NaN.
 /// \sa BahdanauAttention

@@ -38,7 +38,7 @@ namespace attend {
 //
 // and `collect_parameters<S>(model)` turns it into a ParameterList: a list of (name, shape,
 // value view, gradient view) that optimizers, gradient checks and checkpoints walk. Not
-// mlpack's views into one flat weight vector (STYLE.md section 3).
+// mlpack's views into one flat weight vector (docs/style.md section 3).
 
 /// One parameter and its gradient: a PyTorch state-dict name, the PyTorch shape, and flat
 /// views of both buffers (row-major order, as the safetensors data).
