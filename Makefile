@@ -7,10 +7,18 @@
 #   make fuzz          fuzz each libFuzzer target for FUZZ_SECONDS (default 600)
 #   make valgrind      the examples and the conformance runner under valgrind memcheck
 #   make demo          build the examples, run the tour and a shortened bottleneck experiment
-#   make bench         Release build of attend-bench (and attend-bench-O2), results in build/bench.json
+#   make bench         Release build of attend-bench (and attend-bench-O2), runs it, results in
+#                      build/bench.json; FILTER=<regex> runs only the matching benchmarks
+#                      (--benchmark_filter), REPS=<n> repeats each n times and adds
+#                      mean/median/stddev rows (--benchmark_repetitions), e.g.
+#                      make bench FILTER=Fused REPS=3; names say their arguments: BM_SdpaFused/L:1024
+#   make docs          API reference from the header comments (Doxygen) into build/docs/html
 #   make umbrella      regenerate include/attend/attend.hpp after adding a header
 #   make format        clang-format every source in place; make format-check only reports
 #   make clean         remove build/
+#
+# Each target first checks (scripts/install-deps.sh) that what it needs is installed, and
+# installs it as root on Debian; SKIP_DEPS=1 skips the check (make demo SKIP_DEPS=1).
 
 BUILD ?= build
 JOBS  ?= 2
@@ -23,13 +31,16 @@ EXAMPLES := $(basename $(notdir $(wildcard examples/*.cpp)))
 SOURCES   = $(shell find include tests examples bench \( -name '*.hpp' -o -name '*.cpp' \) \
                   -not -path 'tests/data/*')
 
-.PHONY: all deps test test-gcc test-clang test-asan test-tsan fuzz valgrind demo bench umbrella \
-        format format-check clean
+.PHONY: all deps test test-gcc test-clang test-asan test-tsan fuzz valgrind demo bench docs \
+        umbrella format format-check clean
 
 all: test
 
+# What the dependency check looks for follows the goals on the command line (demo: compiler,
+# cmake, Eigen, nlohmann-json; test: everything; bench: + Google Benchmark, OpenBLAS; ...).
+DEPS_FOR ?= $(or $(filter demo test bench docs valgrind fuzz,$(MAKECMDGOALS)),test)
 deps:
-	bash scripts/install-deps.sh
+	$(if $(filter-out 0,$(SKIP_DEPS)),@echo "deps: check skipped (SKIP_DEPS=$(SKIP_DEPS))",bash scripts/install-deps.sh $(DEPS_FOR))
 
 # CXX and the generator are read only when the build dir is new.
 configure = CXX=$(2) $(CMAKE) -S . -B $(BUILD)/$(1) \
@@ -120,8 +131,18 @@ bench: deps
 	$(call configure,release,g++) -DCMAKE_BUILD_TYPE=Release \
 	  -DATTEND_BUILD_TESTS=OFF -DATTEND_BUILD_EXAMPLES=OFF -DATTEND_NATIVE=ON
 	$(CMAKE) --build $(BUILD)/release -j $(JOBS) --target attend-bench attend-bench-O2
+	@echo "note: a '***WARNING*** Library was built as DEBUG' line below comes from how the" \
+	  "Google Benchmark library itself was compiled (Debian's libbenchmark keeps its asserts)," \
+	  "not from attend: attend-bench is built -O3 -DNDEBUG and the timed loops are its own code."
 	$(BUILD)/release/bin/attend-bench --benchmark_out=$(BUILD)/bench.json \
-	  --benchmark_out_format=json
+	  --benchmark_out_format=json $(if $(FILTER),'--benchmark_filter=$(FILTER)') \
+	  $(if $(REPS),--benchmark_repetitions=$(REPS))
+
+# The API reference: Doxygen over include/ (Doxyfile), warnings are errors.
+docs: deps
+	mkdir -p $(BUILD)/docs
+	( cat Doxyfile; echo "OUTPUT_DIRECTORY = $(BUILD)/docs" ) | doxygen -
+	@echo "API reference: $(BUILD)/docs/html/index.html"
 
 umbrella:
 	bash scripts/gen-umbrella.sh

@@ -160,13 +160,13 @@ void BM_Sgemm(benchmark::State& state) {
   set_counters(state, 2.0 * double(n) * double(n) * double(n), 3.0 * double(n * n) * sizeof(float));
   openblas_set_num_threads(1);
 }
-BENCHMARK(BM_Sgemm)->Arg(2048)->Unit(benchmark::kMillisecond);
+BENCHMARK(BM_Sgemm)->ArgName("n")->Arg(2048)->Unit(benchmark::kMillisecond);
 /// The 2-thread roof for BM_SdpaFused2T: OpenBLAS with 2 threads (wall-clock rate).
 void BM_Sgemm2T(benchmark::State& state) {
   state.SetLabel("2 threads");
   BM_Sgemm(state);
 }
-BENCHMARK(BM_Sgemm2T)->Args({2048, 2})->Unit(benchmark::kMillisecond)->UseRealTime();
+BENCHMARK(BM_Sgemm2T)->ArgNames({"n", "threads"})->Args({2048, 2})->Unit(benchmark::kMillisecond)->UseRealTime();
 
 /// Eigen's float GEMM (no -fopenmp, so one thread): C.noalias() = A * B, row-major.
 void BM_SgemmEigen(benchmark::State& state) {
@@ -182,7 +182,7 @@ void BM_SgemmEigen(benchmark::State& state) {
   // GEMM: 2·m·n·k; bytes: A, B read and C written once.
   set_counters(state, 2.0 * double(n) * double(n) * double(n), 3.0 * double(n * n) * sizeof(float));
 }
-BENCHMARK(BM_SgemmEigen)->Arg(2048)->Unit(benchmark::kMillisecond);
+BENCHMARK(BM_SgemmEigen)->ArgName("n")->Arg(2048)->Unit(benchmark::kMillisecond);
 
 // ---- scaled dot-product attention ---------------------------------------------------
 
@@ -193,6 +193,7 @@ constexpr Index kSdpaHeadDim = 64;
 
 /// The one Args grid of every SDPA variant (reference now, fused later): L = S.
 void sdpa_lengths(benchmark::internal::Benchmark* b) {
+  b->ArgName("L");
   for (const Index L : {128, 512, 1024, 2048, 4096}) b->Arg(L);
   b->Unit(benchmark::kMillisecond);
 }
@@ -306,6 +307,7 @@ BENCHMARK(BM_SdpaFused2T)->Apply(sdpa_lengths)->UseRealTime();
 
 /// The Args grid of the backward variants.
 void sdpa_backward_lengths(benchmark::internal::Benchmark* b) {
+  b->ArgName("L");
   for (const Index L : {128, 512, 1024, 2048}) b->Arg(L);
   b->Unit(benchmark::kMillisecond);
 }
@@ -423,6 +425,7 @@ void BM_MultiheadAttention(benchmark::State& state) {
   set_counters(state, flops, bytes);
 }
 BENCHMARK(BM_MultiheadAttention)
+    ->ArgName("L")
     ->Arg(128)
     ->Arg(512)
     ->Arg(1024)

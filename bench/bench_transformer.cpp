@@ -83,6 +83,7 @@ void BM_TransformerEncoderLayer(benchmark::State& state) {
   set_counters(state, flops, bytes);
 }
 BENCHMARK(BM_TransformerEncoderLayer)
+    ->ArgName("L")
     ->Arg(128)
     ->Arg(256)
     ->Arg(512)
@@ -124,6 +125,7 @@ void BM_DecodeStepCached(benchmark::State& state) {
   set_counters(state, flops, bytes);
 }
 BENCHMARK(BM_DecodeStepCached)
+    ->ArgName("cached")
     ->Arg(128)
     ->Arg(256)
     ->Arg(512)

@@ -23,6 +23,7 @@ import html
 import json
 import math
 import os
+import re
 import statistics
 import sys
 
@@ -178,6 +179,12 @@ FUSED_PRESENT = """\
 def load(path):
     with open(path) as f:
         return json.load(f)
+
+
+def plain_name(run_name):
+    """"BM_SdpaFused/512" from "BM_SdpaFused/L:512": attend-bench names its arguments
+    (ArgName), the tables and torch_bench.py's counterparts use the bare values."""
+    return "/".join(re.sub(r"^[A-Za-z_]\w*:(?=-?\d)", "", part) for part in run_name.split("/"))
 
 
 def medians(doc):
@@ -689,7 +696,7 @@ def main():
     bench_docs = [(path, load(path)) for path in args.bench]
     rows = {}
     for _, doc in bench_docs:  # later files win: pass them oldest first
-        rows.update({k: enrich(v) for k, v in medians(doc).items()})
+        rows.update({plain_name(k): enrich(v) for k, v in medians(doc).items()})
     if GEMM_BASELINE not in rows:
         print(f"report.py: warning: no {GEMM_BASELINE} row; ratios are n/a", file=sys.stderr)
     if len(bench_docs) > 1:

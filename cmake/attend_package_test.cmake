@@ -5,6 +5,7 @@
 #         -DBUILD_DIR=<attend build dir> -DWORK_DIR=<scratch> [-DGENERATOR=...]
 #         [-DCXX_COMPILER=...] [-DCXX_LAUNCHER=...]
 #         [-DINSTALL_INCLUDEDIR=include] [-DINSTALL_CMAKEDIR=share/cmake/attend]
+#         [-DINSTALL_PKGCONFIGDIR=share/pkgconfig] [-DPKG_CONFIG=pkg-config]
 #         -P attend_package_test.cmake
 #
 # find_package:     `cmake --install BUILD_DIR --prefix WORK_DIR/stage`, then the consumer
@@ -12,6 +13,9 @@
 # build_tree:       the consumer finds BUILD_DIR's export() through attend_DIR.
 # add_subdirectory: the consumer adds SOURCE_DIR as a subdirectory.
 # blas:             add_subdirectory with ATTEND_USE_BLAS=ON (EIGEN_USE_BLAS + OpenBLAS).
+# pkg_config:       the staged install as above, without CMake on the consumer's side: the
+#                   consumer's main.cpp compiled with `pkg-config --cflags attend` (needs
+#                   -DPKG_CONFIG=<pkg-config>), whose --modversion must be version.hpp's.
 # The consumer's stdout must equal tests/consumer/expected.txt.
 cmake_minimum_required(VERSION 3.21)
 
@@ -26,6 +30,9 @@ if(NOT INSTALL_INCLUDEDIR)
 endif()
 if(NOT INSTALL_CMAKEDIR)
   set(INSTALL_CMAKEDIR share/cmake/attend)
+endif()
+if(NOT INSTALL_PKGCONFIGDIR)
+  set(INSTALL_PKGCONFIGDIR share/pkgconfig)
 endif()
 
 function(run step)
@@ -52,13 +59,62 @@ if(CXX_LAUNCHER)
   list(APPEND configure_args "-DCMAKE_CXX_COMPILER_LAUNCHER=${CXX_LAUNCHER}")
 endif()
 
-if(MODE STREQUAL "find_package")
+if(MODE STREQUAL "pkg_config")
+  if(NOT PKG_CONFIG)
+    message(FATAL_ERROR "pkg_config: -DPKG_CONFIG=<pkg-config program> is required")
+  endif()
+  set(stage "${WORK_DIR}/stage")
+  run("install into ${stage}" "${CMAKE_COMMAND}" --install "${BUILD_DIR}" --prefix "${stage}")
+  set(pc_dir "${stage}/${INSTALL_PKGCONFIGDIR}")
+  if(NOT EXISTS "${pc_dir}/attend.pc")
+    message(FATAL_ERROR "${MODE}: the install did not produce ${INSTALL_PKGCONFIGDIR}/attend.pc")
+  endif()
+  # Only the staged attend.pc (plus the system's for Eigen and nlohmann-json).
+  set(ENV{PKG_CONFIG_PATH} "${pc_dir}")
+  execute_process(COMMAND "${PKG_CONFIG}" --modversion attend RESULT_VARIABLE rc
+                  OUTPUT_VARIABLE pc_version ERROR_VARIABLE err OUTPUT_STRIP_TRAILING_WHITESPACE)
+  file(STRINGS "${SOURCE_DIR}/include/attend/version.hpp" header_version
+       REGEX "^#define ATTEND_VERSION_STRING ")
+  string(REGEX REPLACE ".*\"(.*)\".*" "\\1" header_version "${header_version}")
+  if(NOT rc EQUAL 0 OR NOT pc_version STREQUAL header_version)
+    message(FATAL_ERROR "${MODE}: pkg-config --modversion attend gave '${pc_version}' (${rc}) "
+                        "${err}, expected ATTEND_VERSION_STRING '${header_version}'")
+  endif()
+  execute_process(COMMAND "${PKG_CONFIG}" --cflags attend RESULT_VARIABLE rc
+                  OUTPUT_VARIABLE cflags ERROR_VARIABLE err OUTPUT_STRIP_TRAILING_WHITESPACE)
+  if(NOT rc EQUAL 0)
+    message(FATAL_ERROR "${MODE}: pkg-config --cflags attend failed (${rc}): ${err}")
+  endif()
+  message(STATUS "${MODE}: pkg-config --cflags attend: ${cflags}")
+  separate_arguments(cflags UNIX_COMMAND "${cflags}")
+  # The include dir must be the stage's (relocated through ${pcfiledir}), not the system's.
+  file(REAL_PATH "${stage}/${INSTALL_INCLUDEDIR}" stage_include)
+  set(found_stage_include FALSE)
+  foreach(flag IN LISTS cflags)
+    if(flag MATCHES "^-I(.*)$")
+      file(REAL_PATH "${CMAKE_MATCH_1}" dir)
+      if(dir STREQUAL stage_include)
+        set(found_stage_include TRUE)
+      endif()
+    endif()
+  endforeach()
+  if(NOT found_stage_include)
+    message(FATAL_ERROR "${MODE}: pkg-config --cflags attend lacks -I${stage_include}")
+  endif()
+  if(NOT CXX_COMPILER)
+    set(CXX_COMPILER c++)
+  endif()
+  file(MAKE_DIRECTORY "${consumer_build}")
+  run("build" ${CXX_LAUNCHER} "${CXX_COMPILER}" -std=c++17 -Wall -Wextra -Wpedantic -Werror
+      ${cflags} "${SOURCE_DIR}/tests/consumer/main.cpp" -o "${consumer_build}/attend-consumer")
+elseif(MODE STREQUAL "find_package")
   set(stage "${WORK_DIR}/stage")
   run("install into ${stage}" "${CMAKE_COMMAND}" --install "${BUILD_DIR}" --prefix "${stage}")
   foreach(file IN ITEMS "${INSTALL_INCLUDEDIR}/attend/attend.hpp"
                         "${INSTALL_CMAKEDIR}/attendConfig.cmake"
                         "${INSTALL_CMAKEDIR}/attendConfigVersion.cmake"
-                        "${INSTALL_CMAKEDIR}/attendTargets.cmake")
+                        "${INSTALL_CMAKEDIR}/attendTargets.cmake"
+                        "${INSTALL_PKGCONFIGDIR}/attend.pc")
     if(NOT EXISTS "${stage}/${file}")
       message(FATAL_ERROR "${MODE}: the install did not produce ${file}")
     endif()
@@ -80,7 +136,9 @@ else()
   message(FATAL_ERROR "unknown MODE '${MODE}'")
 endif()
 
-run("configure" "${CMAKE_COMMAND}" ${configure_args})
+if(NOT MODE STREQUAL "pkg_config")
+  run("configure" "${CMAKE_COMMAND}" ${configure_args})
+endif()
 if(DEFINED expected_attend_dir)
   # Make sure the package came from where this test put it, not from the system.
   file(STRINGS "${consumer_build}/CMakeCache.txt" found REGEX "^attend_DIR:")
@@ -91,7 +149,9 @@ if(DEFINED expected_attend_dir)
     message(FATAL_ERROR "${MODE}: attend was found in '${found}', expected '${expected_attend_dir}'")
   endif()
 endif()
-run("build" "${CMAKE_COMMAND}" --build "${consumer_build}")
+if(NOT MODE STREQUAL "pkg_config")
+  run("build" "${CMAKE_COMMAND}" --build "${consumer_build}")
+endif()
 
 execute_process(COMMAND "${consumer_build}/attend-consumer"
                 RESULT_VARIABLE rc OUTPUT_VARIABLE out ERROR_VARIABLE err)

@@ -73,4 +73,6 @@
 
 #include "attend/text/tokenizer.hpp"
 #include "attend/text/vocabulary.hpp"
+
+#include "attend/version.hpp"
 // clang-format on
