@@ -1,7 +1,8 @@
 # SPDX-License-Identifier: MIT
 # attend's developer entry points; CMake does the work, this file only names the steps.
 #
-#   make test          install deps, build and run the whole suite with g++, then with
+#   make test          install deps, build the API reference (make docs: Doxygen warnings fail
+#                      it), build and run the whole suite with g++, then with
 #                      clang++ under ASan+UBSan (plus short fuzz runs), then the threaded
 #                      tests under TSan (docs/reliability.md)
 #   make fuzz          fuzz each libFuzzer target for FUZZ_SECONDS (default 600)
@@ -55,6 +56,7 @@ define build_and_test
 endef
 
 test: deps
+	$(MAKE) --no-print-directory docs SKIP_DEPS=1
 	$(MAKE) --no-print-directory test-gcc
 	$(MAKE) --no-print-directory test-asan
 	$(MAKE) --no-print-directory test-tsan
@@ -138,10 +140,13 @@ bench: deps
 	  --benchmark_out_format=json $(if $(FILTER),'--benchmark_filter=$(FILTER)') \
 	  $(if $(REPS),--benchmark_repetitions=$(REPS))
 
-# The API reference: Doxygen over include/ (Doxyfile), warnings are errors.
+# The API reference: Doxygen over include/ (Doxyfile), warnings are errors; about 2 s, so
+# `make test` runs it first.
+VERSION = $(shell sed -n 's/^\#define ATTEND_VERSION_STRING "\(.*\)"/\1/p' include/attend/version.hpp)
 docs: deps
 	mkdir -p $(BUILD)/docs
-	( cat Doxyfile; echo "OUTPUT_DIRECTORY = $(BUILD)/docs" ) | doxygen -
+	( cat Doxyfile; echo "OUTPUT_DIRECTORY = $(BUILD)/docs"; echo "PROJECT_NUMBER = $(VERSION)" ) \
+	  | doxygen -
 	@echo "API reference: $(BUILD)/docs/html/index.html"
 
 umbrella:

@@ -6,7 +6,7 @@
 #
 #   demo      a C++17 compiler, cmake >= 3.21, make, Eigen 3.4, nlohmann-json 3
 #   test      demo's, plus clang++ with its sanitizer and libFuzzer runtimes, Catch2 v2,
-#             Google Benchmark, OpenBLAS (cblas.h and libopenblas) and pkg-config
+#             Google Benchmark, OpenBLAS (cblas.h and libopenblas), pkg-config and doxygen
 #   bench     demo's, plus Google Benchmark and OpenBLAS
 #   docs      doxygen
 #   valgrind  demo's, plus valgrind
@@ -33,7 +33,7 @@ for mode in "$@"; do
   case "$mode" in
     demo) want[base]=1 ;;
     test) want[base]=1 want[clang]=1 want[sanitizers]=1 want[catch2]=1 want[benchmark]=1
-          want[openblas]=1 want[pkgconfig]=1 ;;
+          want[openblas]=1 want[pkgconfig]=1 want[doxygen]=1 ;;
     bench) want[base]=1 want[benchmark]=1 want[openblas]=1 ;;
     docs) want[doxygen]=1 ;;
     valgrind) want[base]=1 want[valgrind]=1 ;;

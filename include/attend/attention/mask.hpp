@@ -231,7 +231,7 @@ class Mask {
   /// B = H = 1). Stored tensors stay broadcast views where the merge allows it (their
   /// batch extents all 1 or all full) and are expanded over the batch dimensions otherwise.
   /// For scores of rank <= 4 this is a copy of the mask.
-  /// \param scores the scores' shape \param who, \param arg for the message of `check`
+  /// \param scores the scores' shape \param who,arg the function and argument named by `check`
   /// \returns a mask that passes `check(B, H, L, S)`
   /// \throws shape_error when the mask does not broadcast against `scores`.
   Mask flatten_leading(const Shape& scores, const std::string& who = "Mask::flatten_leading",

@@ -159,7 +159,7 @@ class RNNCell {
     detail::load_cell(*this, st, prefix, "");
   }
 
-  /// One step. \param input [B, in] \param hx [B, N] \returns h' [B, N] (c stays empty)
+  /// One step. \param input [B, in] \param state h [B, N] \returns h' [B, N] (c stays empty)
   /// \throws shape_error when input or hx has the wrong shape; value_error on NaN/Inf in them.
   CellState<Scalar> forward(const MatrixCRef<Scalar>& input, const CellState<Scalar>& state) const {
     detail::check_cell_args<Scalar>(input, state.h, state.c, input_size(), hidden_size(), false,
