@@ -18,6 +18,7 @@
 #include <string>
 
 #include "common/heatmap.hpp"
+#include "common/label.hpp"
 #include "common/png.hpp"
 #include "common/print.hpp"
 
@@ -31,15 +32,17 @@ int main(int argc, char** argv) {
   // 1. The heatmap: one row of pixels per position, one column per dimension.
   const attend::Matrix<double> pe =
       attend::sinusoidal_positional_encoding<double>(positions, d_model);  // [64, 128]
+  examples::png::Image image(1, 1);
   try {
-    examples::png::write(path, examples::heatmap(pe, cell));
+    image = examples::positional_encoding_figure(pe, cell);
+    examples::png::write(path, image);
   } catch (const std::exception& e) {
     std::fprintf(stderr, "%s\n", e.what());
     return 1;
   }
-  std::printf("Wrote the %ld x %ld encoding to %s (%ld x %ld pixels).\n",
+  std::printf("Wrote the %ld x %ld encoding to %s (%d x %d pixels).\n",
               static_cast<long>(positions), static_cast<long>(d_model), path.c_str(),
-              static_cast<long>(d_model * cell), static_cast<long>(positions * cell + 20));
+              image.width, image.height);
   std::printf(
       "Rows: positions 0 (top) to %ld; columns: dimensions 0 (left) to %ld.\n"
       "Colour: blue -1, white 0, red +1 (bar below). Left columns change quickly with\n"

@@ -159,8 +159,10 @@ int main(int argc, char** argv) {
       "'chat' reads 'cat' and 'noir' reads 'black'; 'chien' and 'blanc' likewise.\n");
 
   examples::LabelledHeatmapOptions style;
+  style.title = "Bahdanau alignment a_ij, English -> French (hand-set weights)";
   style.row_title = "output (French)";
   style.col_title = "source (English)";
+  style.bar_title = "attention weight a_ij";
   try {
     examples::png::write(path, examples::labelled_heatmap(a, output, source, style));
   } catch (const std::exception& e) {

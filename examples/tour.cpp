@@ -14,6 +14,7 @@
 #include <vector>
 
 #include "common/heatmap.hpp"
+#include "common/label.hpp"
 #include "common/png.hpp"
 #include "common/print.hpp"
 #include "common/scaling_experiment.hpp"
@@ -81,7 +82,7 @@ int main() {
   heading("4. The positional encoding as a picture");
   const Mat pe = attend::sinusoidal_positional_encoding<double>(64, 128);  // [64, 128]
   try {
-    examples::png::write("positional_encoding.png", examples::heatmap(pe, 4));
+    examples::png::write("positional_encoding.png", examples::positional_encoding_figure(pe, 4));
   } catch (const std::exception& e) {
     std::fprintf(stderr, "%s\n", e.what());
     return 1;

@@ -173,84 +173,124 @@ struct LabelledHeatmapOptions {
   int cell = 32;          ///< pixels per matrix entry
   int scale = 2;          ///< font pixels per glyph pixel
   double limit = 1.0;     ///< value drawn in full red (0 is white, negatives blue)
+  double bar_from = 0.0;  ///< the colour bar's left end: 0, or -limit for signed values
+  std::string title;      ///< above everything
   std::string row_title;  ///< written vertically left of the row labels
   std::string col_title;  ///< written above the column labels
+  std::string bar_title;  ///< under the colour bar's tick labels (what the colour means)
+  std::vector<bool> row_marks;  ///< rows whose label is drawn red with a red bar beside it
 };
 
 /// `m` [R, C] as a heatmap (colours of diverging_colour(m(r, c) / limit), white at 0) with
-/// `row_labels` left of the rows, `col_labels` above the columns (written vertically, as
-/// in the alignment figures of Bahdanau et al. 2015), axis titles, and a colour bar from 0
-/// to `limit` below, labelled at both ends.
+/// a title, `row_labels` left of the rows, `col_labels` above the columns (written
+/// vertically, as in the alignment figures of Bahdanau et al. 2015; empty labels leave
+/// gaps, so long axes can be labelled every k-th entry), axis titles, and a colour bar
+/// from `bar_from` to `limit` below, with ticks and values at both ends and the middle.
 template <typename Derived>
 png::Image labelled_heatmap(const Eigen::MatrixBase<Derived>& m,
                             const std::vector<std::string>& row_labels,
                             const std::vector<std::string>& col_labels,
                             const LabelledHeatmapOptions& o = {}) {
-  constexpr std::array<std::uint8_t, 3> black{0, 0, 0}, grey{150, 150, 150};
-  const int margin = 10, gap = 8, text_h = glyph_height * o.scale, bar = 12;
+  constexpr std::array<std::uint8_t, 3> black{0, 0, 0}, grey{150, 150, 150}, red{200, 0, 0};
+  const int margin = 10, gap = 8, text_h = glyph_height * o.scale, bar = 12, tick = 4;
+  const int mark_w = o.row_marks.empty() ? 0 : 6 + gap;
   int row_w = 0, col_h = 0;
   for (const std::string& s : row_labels) row_w = std::max(row_w, text_width(s, o.scale));
   for (const std::string& s : col_labels) col_h = std::max(col_h, text_width(s, o.scale));
   const int R = static_cast<int>(m.rows()), C = static_cast<int>(m.cols());
+  const int title_h = o.title.empty() ? 0 : text_h + 2 * gap;
   const int left = margin + (o.row_title.empty() ? 0 : text_h + gap) + row_w + gap;
-  const int top = margin + (o.col_title.empty() ? 0 : text_h + gap) + col_h + gap;
+  const int top = margin + title_h + (o.col_title.empty() ? 0 : text_h + gap) + col_h + gap;
   const int grid_w = C * o.cell, grid_h = R * o.cell;
-  const int width = std::max(left + grid_w, left + text_width(o.col_title, o.scale)) + margin;
+  const int bar_y = top + grid_h + gap + text_h / 2;
+  const int bar_bottom = bar_y + bar + tick + 2 + text_h + (o.bar_title.empty() ? 0 : gap + text_h);
+  const int width = std::max({left + grid_w + mark_w, left + text_width(o.col_title, o.scale),
+                              margin + text_width(o.title, o.scale), left + text_width(o.bar_title, o.scale)}) +
+                    margin;
   const int title_length = text_width(o.row_title, o.scale);
-  const int title_y = std::max(margin, top + (grid_h - title_length) / 2);  // centred on the rows
-  const int height =
-      std::max(top + grid_h + gap + bar + 4 + text_h, title_y + title_length) + margin;
+  const int title_y = std::max(margin + title_h, top + (grid_h - title_length) / 2);
+  const int height = std::max(bar_bottom, title_y + title_length) + margin;
   png::Image image(width, height);
   std::fill(image.rgb.begin(), image.rgb.end(), std::uint8_t{255});
+  const auto frame = [&](int x0, int y0, int w, int h) {
+    for (int x = -1; x <= w; ++x) {
+      image.set(x0 + x, y0 - 1, grey);
+      image.set(x0 + x, y0 + h, grey);
+    }
+    for (int y = -1; y <= h; ++y) {
+      image.set(x0 - 1, y0 + y, grey);
+      image.set(x0 + w, y0 + y, grey);
+    }
+  };
 
+  if (!o.title.empty()) draw_text(image, margin, margin, o.title, o.scale, black);
   for (int y = 0; y < grid_h; ++y) {
     for (int x = 0; x < grid_w; ++x) {
       const double value = static_cast<double>(m(y / o.cell, x / o.cell)) / o.limit;
       image.set(left + x, top + y, diverging_colour(value));
     }
   }
-  for (int x = -1; x <= grid_w; ++x) {  // frame
-    image.set(left + x, top - 1, grey);
-    image.set(left + x, top + grid_h, grey);
-  }
-  for (int y = -1; y <= grid_h; ++y) {
-    image.set(left - 1, top + y, grey);
-    image.set(left + grid_w, top + y, grey);
-  }
+  frame(left, top, grid_w, grid_h);
   for (int r = 0; r < R && r < static_cast<int>(row_labels.size()); ++r) {
     const std::string& s = row_labels[static_cast<std::size_t>(r)];
-    draw_text(image, left - gap - text_width(s, o.scale), top + r * o.cell + (o.cell - text_h) / 2,
-              s, o.scale, black);
+    const bool marked = static_cast<std::size_t>(r) < o.row_marks.size() &&
+                        o.row_marks[static_cast<std::size_t>(r)];
+    const int y = top + r * o.cell + (o.cell - text_h) / 2;
+    draw_text(image, left - gap - text_width(s, o.scale), y, s, o.scale, marked ? red : black);
+    if (marked) {  // a red bar right of the row
+      for (int yy = top + r * o.cell + 2; yy < top + (r + 1) * o.cell - 2; ++yy) {
+        for (int x = 0; x < 6; ++x) image.set(left + grid_w + gap / 2 + x, yy, red);
+      }
+    }
   }
   for (int c = 0; c < C && c < static_cast<int>(col_labels.size()); ++c) {
     const std::string& s = col_labels[static_cast<std::size_t>(c)];
     draw_text(image, left + c * o.cell + (o.cell - text_h) / 2, top - gap - text_width(s, o.scale),
               s, o.scale, black, /*vertical=*/true);
   }
-  if (!o.col_title.empty()) draw_text(image, left, margin, o.col_title, o.scale, black);
+  if (!o.col_title.empty()) draw_text(image, left, margin + title_h, o.col_title, o.scale, black);
   if (!o.row_title.empty()) {
     draw_text(image, margin, title_y, o.row_title, o.scale, black, /*vertical=*/true);
   }
-  // Colour bar: 0 (white) on the left to limit (red) on the right, values below it.
-  const int bar_y = top + grid_h + gap;
+  // Colour bar: bar_from on the left to limit (red) on the right, ticks and values below.
+  const double span = o.limit - o.bar_from;
   for (int x = 0; x < grid_w; ++x) {
-    const auto colour = diverging_colour((x + 0.5) / grid_w);
+    const auto colour = diverging_colour((o.bar_from + span * (x + 0.5) / grid_w) / o.limit);
     for (int y = bar_y; y < bar_y + bar; ++y) image.set(left + x, y, colour);
   }
-  for (int x = -1; x <= grid_w; ++x) {
-    image.set(left + x, bar_y - 1, grey);
-    image.set(left + x, bar_y + bar, grey);
+  frame(left, bar_y, grid_w, bar);
+  for (int k = 0; k <= 2; ++k) {
+    const int x = std::min(left + k * grid_w / 2, left + grid_w - 1);
+    for (int y = bar_y + bar; y < bar_y + bar + tick; ++y) image.set(x, y, black);
+    char value[32];
+    std::snprintf(value, sizeof value, "%g", o.bar_from + span * k / 2.0);
+    const int w = text_width(value, o.scale);
+    const int tx = k == 0 ? left : (k == 1 ? x - w / 2 : left + grid_w - w);
+    draw_text(image, tx, bar_y + bar + tick + 2, value, o.scale, black);
   }
-  for (int y = bar_y - 1; y <= bar_y + bar; ++y) {
-    image.set(left - 1, y, grey);
-    image.set(left + grid_w, y, grey);
+  if (!o.bar_title.empty()) {
+    draw_text(image, left, bar_y + bar + tick + 2 + text_h + gap, o.bar_title, o.scale, black);
   }
-  char top_value[32];
-  std::snprintf(top_value, sizeof top_value, "%g", o.limit);
-  draw_text(image, left, bar_y + bar + 4, "0", o.scale, black);
-  draw_text(image, left + grid_w - text_width(top_value, o.scale), bar_y + bar + 4, top_value,
-            o.scale, black);
   return image;
+}
+
+/// The sinusoidal table `pe` [positions, d_model] as a titled figure: positions down,
+/// dimensions across (labelled every 8 and every 16), values -1 (blue) to +1 (red).
+template <typename Derived>
+png::Image positional_encoding_figure(const Eigen::MatrixBase<Derived>& pe, int cell) {
+  std::vector<std::string> rows(static_cast<std::size_t>(pe.rows()));
+  std::vector<std::string> cols(static_cast<std::size_t>(pe.cols()));
+  for (std::size_t r = 0; r < rows.size(); r += 8) rows[r] = std::to_string(r);
+  for (std::size_t c = 0; c < cols.size(); c += 16) cols[c] = std::to_string(c);
+  LabelledHeatmapOptions o;
+  o.cell = cell;
+  o.scale = 1;
+  o.bar_from = -1.0;
+  o.title = "Sinusoidal positional encoding PE[p, i], d_model = " + std::to_string(pe.cols());
+  o.row_title = "position p";
+  o.col_title = "dimension i";
+  o.bar_title = "PE value (sin on even i, cos on odd i)";
+  return labelled_heatmap(pe, rows, cols, o);
 }
 
 }  // namespace examples

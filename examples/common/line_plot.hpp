@@ -42,11 +42,12 @@ inline std::string tick(double v) {
 
 }  // namespace detail
 
-/// Writes `panels` side by side into one SVG file at `path` (each 420 x 300 pixels); the x
-/// range of a panel spans all its series' x values. Colours come from the series.
+/// Writes `panels` side by side into one SVG file at `path` (each 420 x 320 pixels); the x
+/// range of a panel spans all its series' x values. Colours come from the series; each
+/// panel's legend sits in one row below its x-axis title, off the data.
 /// \throws std::runtime_error when the file cannot be written.
 inline void write_line_plots(const std::string& path, const std::vector<Panel>& panels) {
-  constexpr double W = 420, H = 300, left = 55, right = 15, top = 30, bottom = 45;
+  constexpr double W = 420, H = 320, left = 55, right = 15, top = 30, bottom = 65;
   constexpr double plot_w = W - left - right, plot_h = H - top - bottom;
   std::string svg = "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"" +
                     detail::num(W * static_cast<double>(panels.size())) + "\" height=\"" +
@@ -90,7 +91,7 @@ inline void write_line_plots(const std::string& path, const std::vector<Panel>& 
     svg += "<rect x=\"" + detail::num(ox) + "\" y=\"" + detail::num(top) + "\" width=\"" +
            detail::num(plot_w) + "\" height=\"" + detail::num(plot_h) +
            "\" fill=\"none\" stroke=\"#444\"/>\n";
-    svg += "<text x=\"" + detail::num(ox + plot_w / 2) + "\" y=\"" + detail::num(H - 8) +
+    svg += "<text x=\"" + detail::num(ox + plot_w / 2) + "\" y=\"" + detail::num(top + plot_h + 32) +
            "\" text-anchor=\"middle\">" + panel.x_label + "</text>\n";
     svg += "<text transform=\"translate(" + detail::num(ox - 40) + "," +
            detail::num(top + plot_h / 2) + ") rotate(-90)\" text-anchor=\"middle\">" +
@@ -105,13 +106,18 @@ inline void write_line_plots(const std::string& path, const std::vector<Panel>& 
       }
       svg += "<polyline fill=\"none\" stroke-width=\"2\" stroke=\"" + s.colour + "\" points=\"" +
              points + "\"/>\n";
-      const double ly = top + 14 + 14 * static_cast<double>(k);  // legend, bottom-left inside
-      svg += "<line x1=\"" + detail::num(ox + 8) + "\" x2=\"" + detail::num(ox + 24) + "\" y1=\"" +
-             detail::num(top + plot_h - ly + top) + "\" y2=\"" +
-             detail::num(top + plot_h - ly + top) + "\" stroke-width=\"2\" stroke=\"" + s.colour +
-             "\"/>\n";
-      svg += "<text x=\"" + detail::num(ox + 28) + "\" y=\"" +
-             detail::num(top + plot_h - ly + top + 4) + "\">" + s.name + "</text>\n";
+      // Legend: one row below the x-axis title, entries side by side (advancing by the
+      // name's width at ~6.2 px per character of the 11 px font), off the data.
+      double lx = W * static_cast<double>(p) + 12;
+      for (std::size_t j = 0; j < k; ++j) {
+        lx += 34 + 6.2 * static_cast<double>(panel.series[j].name.size());
+      }
+      const double ly = H - 10;
+      svg += "<line x1=\"" + detail::num(lx) + "\" x2=\"" + detail::num(lx + 16) + "\" y1=\"" +
+             detail::num(ly - 4) + "\" y2=\"" + detail::num(ly - 4) + "\" stroke-width=\"2\" stroke=\"" +
+             s.colour + "\"/>\n";
+      svg += "<text x=\"" + detail::num(lx + 20) + "\" y=\"" + detail::num(ly) + "\">" + s.name +
+             "</text>\n";
     }
   }
   svg += "</svg>\n";
