@@ -5,7 +5,8 @@
 #         [-DSYSTEM_INCLUDES=a|b] [-DDEFINES=X|Y=1] -P attend_header_check.cmake
 #
 # Each header goes into a one-line translation unit, included twice (so a missing
-# `#pragma once` shows), with the strict warning set. `*_impl.hpp` files are skipped:
+# `#pragma once` shows), with the strict warning set (-Wall -Wextra -Wpedantic -Wshadow
+# -Wconversion -Werror). `*_impl.hpp` files are skipped:
 # users never include them; their main header does. Headers are globbed when the check
 # runs, so a new header is checked without reconfiguring. When neither the headers nor
 # the command changed since the last run that passed, the run is skipped (a stamp in
@@ -18,7 +19,10 @@ foreach(var IN ITEMS COMPILER INCLUDE_DIR WORK_DIR)
   endif()
 endforeach()
 
-set(flags -std=c++17 -fsyntax-only -Wall -Wextra -Wpedantic -Werror "-I${INCLUDE_DIR}")
+# The warnings consumers commonly build with: -Wshadow and -Wconversion on top of the
+# usual set (clang's -Wconversion includes -Wsign-conversion; g++'s does not).
+set(flags -std=c++17 -fsyntax-only -Wall -Wextra -Wpedantic -Wshadow -Wconversion -Werror
+          "-I${INCLUDE_DIR}")
 if(SYSTEM_INCLUDES)
   string(REPLACE "|" ";" SYSTEM_INCLUDES "${SYSTEM_INCLUDES}")
   foreach(dir IN LISTS SYSTEM_INCLUDES)

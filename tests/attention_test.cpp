@@ -1344,12 +1344,12 @@ TEMPLATE_TEST_CASE("multihead.hpp: wrong query/key/value/mask shapes are rejecte
   REQUIRE_THROWS_WITH(fwd(q, Tensor<S>({7, 2, 6}), kv),
                       "MultiheadAttention::forward: key is [7, 2, 6], expected [S, 2, 8] (kdim)");
   REQUIRE_THROWS_WITH(fwd(q, Tensor<S>({7, 3, 8}), kv),
-                      "MultiheadAttention::forward: key is [7, 3, 8], expected [S, 2, 8] (kdim)");
+                      "MultiheadAttention::forward: key is [7, 3, 8], expected [S, 2, 8] (B of query)");
   REQUIRE_THROWS_WITH(fwd(q, Tensor<S>({7, 8}), kv),
-                      "MultiheadAttention::forward: key is [7, 8], expected [S, 2, 8] (kdim)");
+                      "MultiheadAttention::forward: key is [7, 8], expected [S, 2, 8] (rank of query)");
   REQUIRE_THROWS_AS(fwd(q, kv, Tensor<S>({6, 2, 8})), attend::shape_error);
   REQUIRE_THROWS_WITH(fwd(q, kv, Tensor<S>({6, 2, 8})),
-                      "MultiheadAttention::forward: value is [6, 2, 8], expected [7, 2, 8] (vdim)");
+                      "MultiheadAttention::forward: value is [6, 2, 8], expected [7, 2, 8] (S of key)");
   REQUIRE_THROWS_WITH(fwd(q, kv, Tensor<S>({7, 2, 4})),
                       "MultiheadAttention::forward: value is [7, 2, 4], expected [7, 2, 8] (vdim)");
 
@@ -1359,7 +1359,7 @@ TEMPLATE_TEST_CASE("multihead.hpp: wrong query/key/value/mask shapes are rejecte
   MultiheadAttention<S> bf = mha;
   bf.options.batch_first = true;
   REQUIRE_THROWS_WITH(bf.forward(Tensor<S>({2, 5, 8}), Tensor<S>({3, 7, 8}), Tensor<S>({3, 7, 8})),
-                      "MultiheadAttention::forward: key is [3, 7, 8], expected [2, S, 8] (kdim)");
+                      "MultiheadAttention::forward: key is [3, 7, 8], expected [2, S, 8] (B of query)");
   REQUIRE_THROWS_WITH(bf.forward(Tensor<S>({2, 5, 3})),
                       "MultiheadAttention::forward: query is [2, 5, 3], expected [2, L, 8] "
                       "(embed_dim)");

@@ -747,18 +747,18 @@ TEMPLATE_TEST_CASE("runner: malformed files fail with the reason", "[conformance
 
   // Truncated: the last tensor ends past the data buffer; or not even the length field.
   Bytes cut(bytes.begin(), bytes.end() - 1);
-  CHECK_THAT(run_bytes(cut), StartsWith("FAIL SafeTensors: case.safetensors: tensor '") &&
+  CHECK_THAT(run_bytes(cut), StartsWith("FAIL SafeTensors: case.safetensors: truncated file: tensor '") &&
                                  Contains("expected end <= " + std::to_string(4 * sizeof(S) - 1) +
                                           " (the data buffer's size)"));
   CHECK(run_bytes(Bytes(bytes.begin(), bytes.begin() + 5)) ==
-        "FAIL SafeTensors: case.safetensors: file is 5 bytes, expected at least 8 (the header "
-        "length)");
+        "FAIL SafeTensors: case.safetensors: truncated file or not a safetensors file: file is 5 "
+        "bytes, expected at least 8 (the header length)");
   CHECK(run_bytes(Bytes()) ==
-        "FAIL SafeTensors: case.safetensors: file is 0 bytes, expected at least 8 (the header "
-        "length)");
+        "FAIL SafeTensors: case.safetensors: empty file or not a safetensors file: file is 0 "
+        "bytes, expected at least 8 (the header length)");
   // Cut inside the header: the length field now points past the end.
   CHECK_THAT(run_bytes(Bytes(bytes.begin(), bytes.begin() + 20)),
-             StartsWith("FAIL SafeTensors: case.safetensors: header length is ") &&
+             StartsWith("FAIL SafeTensors: case.safetensors: truncated file: header length is ") &&
                  Contains(", expected at most 12 (the bytes after the length field)"));
   // Header length past the end of the file.
   Bytes long_header = bytes;
@@ -768,7 +768,8 @@ TEMPLATE_TEST_CASE("runner: malformed files fail with the reason", "[conformance
   Bytes huge = bytes;
   for (int k = 0; k < 8; ++k) huge[k] = 0xFF;
   CHECK(run_bytes(huge) ==
-        "FAIL SafeTensors: case.safetensors: header length is "
+        "FAIL SafeTensors: case.safetensors: not a safetensors file: it begins with "
+        "\"\\xFF\\xFF\\xFF\\xFF\\xFF\\xFF\\xFF\\xFF\", read as a header length of "
         "18446744073709551615, expected at most 100000000");
   // Bad JSON header; a header that is not an object.
   CHECK(run_bytes(raw_file("{\"a\": [1, 2}", {})) ==

@@ -409,7 +409,9 @@ TEST_CASE("safetensors: file I/O errors name the path", "[io]") {
   REQUIRE_THROWS_AS(SafeTensors::load(short_file), attend::format_error);
   REQUIRE_THROWS_WITH(
       SafeTensors::load(short_file),
-      "SafeTensors: " + short_file + ": file is 3 bytes, expected at least 8 (the header length)");
+      "SafeTensors: " + short_file +
+          ": truncated file or not a safetensors file: file is 3 bytes, expected at least 8 (the "
+          "header length)");
 }
 
 // ---------------------------------------------------------------------------------------
@@ -429,29 +431,52 @@ const Bytes k_zeros16(16, 0);
 
 TEST_CASE("safetensors: rejects a file shorter than 8 bytes", "[io]") {
   require_format_error(Bytes{1, 0, 0, 0, 0},
-                       "SafeTensors: <buffer>: file is 5 bytes, expected at least 8 (the "
-                       "header length)");
+                       "SafeTensors: <buffer>: truncated file or not a safetensors file: file is "
+                       "5 bytes, expected at least 8 (the header length)");
   require_format_error(Bytes{},
-                       "SafeTensors: <buffer>: file is 0 bytes, expected at least 8 (the "
-                       "header length)");
+                       "SafeTensors: <buffer>: empty file or not a safetensors file: file is 0 "
+                       "bytes, expected at least 8 (the header length)");
 }
 
 TEST_CASE("safetensors: rejects a header length past the end of the file", "[io]") {
   Bytes bytes = file_bytes("{}", Bytes(8, 0));  // 18 bytes: length, "{}", 8 data bytes
   bytes[0] = 100;                               // claims 100 header bytes, 10 follow
   require_format_error(bytes,
-                       "SafeTensors: <buffer>: header length is 100, expected at most 10 (the "
-                       "bytes after the length field)");
+                       "SafeTensors: <buffer>: truncated file: header length is 100, expected at "
+                       "most 10 (the bytes after the length field)");
+  // The same length before a header that does not start with '{': something else.
+  bytes[8] = 'x';
+  require_format_error(bytes,
+                       "SafeTensors: <buffer>: not a safetensors file: header length is 100, "
+                       "expected at most 10 (the bytes after the length field)");
+  // A file of the 8 length bytes alone (nothing follows): cut short.
+  require_format_error(Bytes{4, 0, 0, 0, 0, 0, 0, 0},
+                       "SafeTensors: <buffer>: truncated file: header length is 4, expected at "
+                       "most 0 (the bytes after the length field)");
 }
 
 TEST_CASE("safetensors: rejects an absurd header length before allocating", "[io]") {
   require_format_error(Bytes(8, 0xFF),
-                       "SafeTensors: <buffer>: header length is 18446744073709551615, "
-                       "expected at most 100000000");
+                       "SafeTensors: <buffer>: not a safetensors file: it begins with "
+                       "\"\\xFF\\xFF\\xFF\\xFF\\xFF\\xFF\\xFF\\xFF\", read as a header length of "
+                       "18446744073709551615, expected at most 100000000");
   // 100000001 = 0x05F5E101: just over the reference implementation's limit.
   require_format_error(Bytes{0x01, 0xE1, 0xF5, 0x05, 0, 0, 0, 0},
-                       "SafeTensors: <buffer>: header length is 100000001, expected at most "
+                       "SafeTensors: <buffer>: not a safetensors file: it begins with "
+                       "\"\\x01\\xE1\\xF5\\x05\\x00\\x00\\x00\\x00\", read as a header length of "
+                       "100000001, expected at most 100000000");
+  // Text, and a zip archive (what torch.save writes): their first 8 bytes as a length.
+  // "hello, w" little-endian is 0x77202C6F6C6C6568 = 8583909746840200552.
+  const std::string text = "hello, world\n";
+  require_format_error(Bytes(text.begin(), text.end()),
+                       "SafeTensors: <buffer>: not a safetensors file: it begins with \"hello, "
+                       "w\", read as a header length of 8583909746840200552, expected at most "
                        "100000000");
+  // "PK\3\4" then version 20 (0x14) and flags 0: 0x0000001404034B50 = 85966670672.
+  require_format_error(Bytes{'P', 'K', 3, 4, 0x14, 0, 0, 0, 8, 0},
+                       "SafeTensors: <buffer>: not a safetensors file: it begins with "
+                       "\"PK\\x03\\x04\\x14\\x00\\x00\\x00\", read as a header length of "
+                       "85966670672, expected at most 100000000");
 }
 
 TEST_CASE("safetensors: rejects a header that is not valid JSON, with its offset", "[io]") {
@@ -586,14 +611,15 @@ TEST_CASE("safetensors: rejects data_offsets that are not [begin, end] with begi
 TEST_CASE("safetensors: rejects offsets outside the data buffer", "[io]") {
   require_format_error(
       file_bytes(R"({"a":{"dtype":"F32","shape":[16],"data_offsets":[0,64]}})", k_zeros16),
-      "SafeTensors: <buffer>: tensor 'a': data_offsets are [0, 64], expected end <= 16 (the "
-      "data buffer's size)");
-  // An end near 2^64: compared without overflow.
+      "SafeTensors: <buffer>: truncated file: tensor 'a': data_offsets are [0, 64], expected "
+      "end <= 16 (the data buffer's size)");
+  // An end near 2^64 (4 bytes, as [1] of F32 needs): compared without overflow.
   require_format_error(file_bytes(R"({"a":{"dtype":"F32","shape":[1],)"
-                                  R"("data_offsets":[18446744073709551612,18446744073709551615]}})",
+                                  R"("data_offsets":[18446744073709551611,18446744073709551615]}})",
                                   k_zeros16),
-                       "SafeTensors: <buffer>: tensor 'a': data_offsets are [18446744073709551612, "
-                       "18446744073709551615], expected end <= 16 (the data buffer's size)");
+                       "SafeTensors: <buffer>: truncated file: tensor 'a': data_offsets are "
+                       "[18446744073709551611, 18446744073709551615], expected end <= 16 (the "
+                       "data buffer's size)");
 }
 
 TEST_CASE("safetensors: rejects overlapping tensors", "[io]") {
@@ -746,27 +772,27 @@ TEMPLATE_TEST_CASE("state_dict: load_matrix and load_vector", "[io]", float, dou
 
   REQUIRE_THROWS_AS(attend::load_matrix<S>(st, "in_proj_weight", 12, 2), attend::shape_error);
   REQUIRE_THROWS_WITH(attend::load_matrix<S>(st, "in_proj_weight", 12, 2),
-                      "load_matrix: 'in_proj_weight' is [3, 2], expected [12, 2]");
+                      "load_matrix: \'in_proj_weight\' in <buffer> is [3, 2], expected [12, 2]");
   REQUIRE_THROWS_WITH(attend::load_matrix<S>(st, "in_proj_bias", 3, 1),
-                      "load_matrix: 'in_proj_bias' is [3], expected [3, 1]");
+                      "load_matrix: \'in_proj_bias\' in <buffer> is [3], expected [3, 1]");
   REQUIRE_THROWS_AS(attend::load_vector<S>(st, "in_proj_weight", 6), attend::shape_error);
   REQUIRE_THROWS_WITH(attend::load_vector<S>(st, "in_proj_weight", 6),
-                      "load_vector: 'in_proj_weight' is [3, 2], expected [6]");
+                      "load_vector: \'in_proj_weight\' in <buffer> is [3, 2], expected [6]");
 
   REQUIRE_THROWS_AS(attend::load_matrix<S>(st, "bad.weight", 2, 2), attend::value_error);
   REQUIRE_THROWS_WITH(attend::load_matrix<S>(st, "bad.weight", 2, 2),
-                      "load_matrix: 'bad.weight' holds nan at [1, 0], expected finite values");
+                      "load_matrix: \'bad.weight\' in <buffer> holds nan at [1, 0], expected finite values");
   REQUIRE_THROWS_AS(attend::load_vector<S>(st, "bad.bias", 3), attend::value_error);
   REQUIRE_THROWS_WITH(attend::load_vector<S>(st, "bad.bias", 3),
-                      "load_vector: 'bad.bias' holds -inf at [2], expected finite values");
+                      "load_vector: \'bad.bias\' in <buffer> holds -inf at [2], expected finite values");
   REQUIRE_THROWS_AS(attend::load_matrix<S>(st, "ids", 2, 2), attend::value_error);
   REQUIRE_THROWS_WITH(attend::load_matrix<S>(st, "ids", 2, 2),
-                      "load_matrix: 'ids' is I64, expected F16, BF16, F32 or F64");
+                      "load_matrix: \'ids\' in <buffer> is I64, expected F16, BF16, F32 or F64");
 
   if constexpr (std::is_same_v<S, float>) {
     REQUIRE_THROWS_AS(attend::load_matrix<S>(st, "big", 1, 1), attend::value_error);
     REQUIRE_THROWS_WITH(attend::load_matrix<S>(st, "big", 1, 1),
-                        "load_matrix: 'big' holds inf at [0, 0], expected finite values");
+                        "load_matrix: \'big\' in <buffer> holds inf at [0, 0], expected finite values");
   } else {
     REQUIRE(attend::load_matrix<S>(st, "big", 1, 1)(0, 0) == 1e300);
   }

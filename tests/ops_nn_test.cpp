@@ -178,7 +178,7 @@ TEMPLATE_TEST_CASE("linear.hpp: load_state_dict by PyTorch names, all or nothing
   const Matrix<S> before = other.weight;
   REQUIRE_THROWS_AS(other.load_state_dict(st, "bad."), attend::shape_error);
   REQUIRE_THROWS_WITH(other.load_state_dict(st, "bad."),
-                      "load_matrix: 'bad.weight' is [3, 2], expected [2, 3]");
+                      "load_matrix: 'bad.weight' in mem is [3, 2], expected [2, 3]");
   REQUIRE_THROWS_AS(other.load_state_dict(st, "nope."), attend::index_error);
   REQUIRE_THROWS_WITH(other.load_state_dict(st, "nope."),
                       "load_matrix: no parameter named 'nope.weight' in mem");

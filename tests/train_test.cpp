@@ -1332,7 +1332,7 @@ TEMPLATE_TEST_CASE("checkpoint.hpp: bad files are rejected and change nothing",
   wrong["fc2.weight"] = Tensor<S>({16, 3});
   REQUIRE_THROWS_AS(attend::load_parameters(file(wrong), params), attend::shape_error);
   REQUIRE_THROWS_WITH(attend::load_parameters(file(wrong), params),
-                      "load_parameters: 'fc2.weight' is [16, 3], expected [3, 16]");
+                      "load_parameters: 'fc2.weight' in ckpt is [16, 3], expected [3, 16]");
   REQUIRE(flat_parameters(model) == before);  // nothing was loaded by the failed calls
   attend::load_parameters(file(extra), params, /*strict=*/false);
   REQUIRE(flat_parameters(model) == Vector<S>::Ones(before.size()));

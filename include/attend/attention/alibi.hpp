@@ -28,7 +28,8 @@ inline std::vector<double> alibi_slopes(Index num_heads) {
   const auto power_of_two = [](Index n) {
     std::vector<double> s(static_cast<std::size_t>(n));
     for (Index h = 0; h < n; ++h) {
-      s[static_cast<std::size_t>(h)] = std::pow(2.0, -8.0 * static_cast<double>(h + 1) / n);
+      s[static_cast<std::size_t>(h)] =
+          std::pow(2.0, -8.0 * static_cast<double>(h + 1) / static_cast<double>(n));
     }
     return s;
   };

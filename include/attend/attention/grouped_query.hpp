@@ -166,9 +166,9 @@ class GroupedQueryAttention {
     const Index L = q.T, S = k.T;
     args.key_padding_mask.check(q.B, 1, 1, S, who, "key_padding_mask");
     args.attn_mask.check(q.B, H, L, S, who, "attn_mask");
-    detail::check_finite(query.as_matrix(), who, "query");
-    detail::check_finite(key.as_matrix(), who, "key");
-    detail::check_finite(value.as_matrix(), who, "value");
+    detail::check_finite(query, who, "query");
+    detail::check_finite(key, who, "key");
+    detail::check_finite(value, who, "value");
     Mask mask = args.key_padding_mask & args.attn_mask;
     if (args.is_causal) mask = mask & Mask::causal(0);
 

@@ -155,7 +155,7 @@ void append_keys_values(const MultiheadAttention<S>& mha, const Tensor<S>& kv_in
         std::to_string(cache.capacity() - cache.size()) + " (cache capacity " +
         std::to_string(cache.capacity()) + ", " + std::to_string(cache.size()) + " cached)");
   }
-  detail::check_finite(kv_input.as_matrix(), who, "kv_input");
+  detail::check_finite(kv_input, who, "kv_input");
   const auto wk = mha.packed() ? mha.in_proj_weight.middleRows(E, E) : mha.k_proj_weight.topRows(E);
   const auto wv = mha.packed() ? mha.in_proj_weight.bottomRows(E) : mha.v_proj_weight.topRows(E);
   Matrix<S> rows(d.T, o.kdim);  // [T, kdim] sequence b's new inputs
@@ -205,7 +205,7 @@ Tensor<S> attend_cached(const MultiheadAttention<S>& mha, const Tensor<S>& query
     throw index_error(who + ": cache holds 0 positions, expected at least 1 to attend to");
   }
   mask.check(d.B, H, d.T, n, who, "mask");
-  detail::check_finite(query.as_matrix(), who, "query");
+  detail::check_finite(query, who, "query");
   const auto wq = mha.packed() ? mha.in_proj_weight.topRows(E) : mha.q_proj_weight.topRows(E);
   const S scale = static_cast<S>(1.0 / std::sqrt(static_cast<double>(dh)));
   Tensor<S> result(query.shape());

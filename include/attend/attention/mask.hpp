@@ -342,8 +342,9 @@ class Mask {
   static Tensor<T> flatten_tensor(const Tensor<T>& t, const Shape& scores) {
     const std::size_t r = scores.size();
     if (r <= 4) return t;  // stored rank 4 and checked: leading extents past r are 1
-    const std::size_t pad = r - t.rank();  // check passed, so t.rank() <= r here
-    Shape s(pad, Index(1));                // t's shape right-aligned to rank r
+    // check passed, so t.rank() <= r here
+    const std::size_t pad = r - static_cast<std::size_t>(t.rank());
+    Shape s(pad, Index(1));  // t's shape right-aligned to rank r
     s.insert(s.end(), t.shape().begin(), t.shape().end());
     Index B = 1;
     bool all_one = true, all_full = true;  // over batch dims whose extent is not 1

@@ -247,7 +247,7 @@ class MultiheadAttention {
         const char* who = "MultiheadAttention::load_state_dict";
         detail::require_parameter(st, name, Shape{1, 1, E}, who);
         Tensor<Scalar> t = st.get<Scalar>(name);  // [1, 1, E]
-        detail::require_finite(t, name, who);
+        detail::require_finite(t, name, who, st.source());
         return t;
       };
       m.bias_k = load_bias(prefix + "bias_k");
@@ -357,15 +357,26 @@ class MultiheadAttention {
     const auto batch_of = [&](const Tensor<Scalar>& t) {
       return unbatched ? 1 : (options.batch_first ? t.dim(0) : t.dim(1));
     };
-    if (key.rank() != query.rank() || batch_of(key) != B || key.dim(-1) != options.kdim) {
+    // The label names what differs: the rank or batch of query, key's S, kdim or vdim.
+    const auto mismatch = [&](const Tensor<Scalar>& t, Index want_s, Index width,
+                              const char* width_name) {
+      if (t.rank() != query.rank()) return std::string("rank of query");
+      std::string what;
+      const auto add = [&what](const std::string& w) { what += (what.empty() ? "" : ", ") + w; };
+      if (batch_of(t) != B) add("B of query");
+      if (want_s >= 0 && seq_len(t) != want_s) add("S of key");
+      if (t.dim(-1) != width) add(width_name);
+      return what;
+    };
+    if (const std::string what = mismatch(key, -1, options.kdim, "kdim"); !what.empty()) {
       throw shape_error(who + ": key is " + detail::shape_string(key.shape()) + ", expected " +
-                        expected(B, "S", options.kdim, unbatched) + " (kdim)");
+                        expected(B, "S", options.kdim, unbatched) + " (" + what + ")");
     }
     const Index S = seq_len(key);
-    if (value.rank() != query.rank() || batch_of(value) != B || seq_len(value) != S ||
-        value.dim(-1) != options.vdim) {
+    if (const std::string what = mismatch(value, S, options.vdim, "vdim"); !what.empty()) {
       throw shape_error(who + ": value is " + detail::shape_string(value.shape()) + ", expected " +
-                        expected(B, std::to_string(S), options.vdim, unbatched) + " (vdim)");
+                        expected(B, std::to_string(S), options.vdim, unbatched) + " (" + what +
+                        ")");
     }
     args.key_padding_mask.check(B, 1, 1, S, who, "key_padding_mask");
     args.attn_mask.check(B, H, L, S, who, "attn_mask");
@@ -380,10 +391,10 @@ class MultiheadAttention {
         }
       }
     }
-    detail::check_finite(query.as_matrix(), who, "query");
+    detail::check_finite(query, who, "query");
     if (!self) {
-      detail::check_finite(key.as_matrix(), who, "key");
-      detail::check_finite(value.as_matrix(), who, "value");
+      detail::check_finite(key, who, "key");
+      detail::check_finite(value, who, "value");
     }
     if (options.position != PositionKind::none &&
         (args.query_position < 0 || args.key_position < 0)) {

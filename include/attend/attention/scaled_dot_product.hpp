@@ -173,9 +173,9 @@ AttentionDims check_attention_tensors(const Tensor<S>& query, const Tensor<S>& k
   Shape scores = query.shape();  // [..., L, S] in the caller's coordinates
   scores.back() = Sk;
   mask.check(scores, who, "attn_mask");
-  check_finite(query.as_matrix(), who, "query");
-  check_finite(key.as_matrix(), who, "key");
-  check_finite(value.as_matrix(), who, "value");
+  check_finite(query, who, "query");
+  check_finite(key, who, "key");
+  check_finite(value, who, "value");
   AttentionDims dims{B, H, L, Sk, d_k, d_v, attention_scale(options.scale, d_k, who), H_kv,
                      attention_softcap(options.logit_softcap, who), std::nullopt};
   if (r > 4) dims.merged_mask = mask.flatten_leading(scores, who, "attn_mask");
@@ -498,7 +498,7 @@ AttentionTensorGrads<S> scaled_dot_product_attention_backward(
     throw shape_error(who + ": d_output is " + detail::shape_string(d_output.shape()) +
                       ", expected " + detail::shape_string(out_shape) + " ([..., L, d_v])");
   }
-  detail::check_finite(d_output.as_matrix(), who, "d_output");
+  detail::check_finite(d_output, who, "d_output");
   const S scale = static_cast<S>(dims.scale), cap = static_cast<S>(dims.softcap);
   AttentionTensorGrads<S> g{Tensor<S>(query.shape()), Tensor<S>(key.shape()),
                             Tensor<S>(value.shape())};  // zeros: dk, dv accumulate

@@ -3,6 +3,7 @@
 #pragma once
 
 #include "attend/core/errors.hpp"
+#include "attend/core/tensor.hpp"
 #include "attend/core/types.hpp"
 
 #include <Eigen/Core>
@@ -14,7 +15,8 @@ namespace attend::detail {
 
 /// Throws value_error "<who>: <arg> has a non-finite value (<v>) at [i, j]" when `x`
 /// holds NaN, +inf or -inf; `[i, j]` is the first such entry in row-major order.
-/// \param x any Eigen matrix or block; a Tensor is checked through `as_matrix()`.
+/// \param x any Eigen matrix or block; pass a Tensor itself (overload below), not its
+///   `as_matrix()`, so the index is the caller's.
 template <typename Derived>
 void check_finite(const Eigen::MatrixBase<Derived>& x, const std::string& who,
                   const std::string& arg) {
@@ -30,6 +32,29 @@ void check_finite(const Eigen::MatrixBase<Derived>& x, const std::string& who,
                           std::to_string(i) + ", " + std::to_string(j) + "]");
       }
     }
+  }
+}
+
+/// As above for a tensor: the index is the full multi-index of the first non-finite
+/// entry in the tensor's own shape, e.g. "at [1, 2, 3]" for a `[2, 13, 8]` input (never
+/// a row of the flattened `[prod(leading), last]` view), "at [0, 4, 1]" when the batch
+/// extent is 1.
+template <typename T>
+void check_finite(const Tensor<T>& x, const std::string& who, const std::string& arg) {
+  const Eigen::Matrix<T, Eigen::Dynamic, 1>& flat = x.flat();
+  if (std::isfinite(static_cast<double>((flat.array() - flat.array()).sum()))) return;
+  const Shape& shape = x.shape();
+  for (Index i = 0; i < flat.size(); ++i) {
+    if (std::isfinite(flat(i))) continue;
+    Shape at(shape.size());  // the row-major multi-index of flat index i
+    Index rest = i;
+    for (std::size_t k = at.size(); k-- > 0;) {
+      at[k] = rest % shape[k];
+      rest /= shape[k];
+    }
+    throw value_error(who + ": " + arg + " has a non-finite value (" +
+                      std::to_string(static_cast<double>(flat(i))) + ") at " +
+                      shape_string(at));
   }
 }
 

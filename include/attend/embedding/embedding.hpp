@@ -78,8 +78,8 @@ class Embedding {
     }
     const Shape& s = st.shape(name);
     if (s.size() != 2) {
-      throw shape_error("Embedding::from_state_dict: '" + name + "' is " + detail::shape_string(s) +
-                        ", expected [V, D]");
+      throw shape_error("Embedding::from_state_dict: '" + name + "' in " + st.source() + " is " +
+                        detail::shape_string(s) + ", expected [V, D]");
     }
     return from_pretrained(load_matrix<Scalar>(st, name, s[0], s[1]), padding);
   }

@@ -34,7 +34,8 @@ void rotate_pairs(MatrixRef<S> x, Index first_position, RotaryLayout layout, dou
     const double p = static_cast<double>(first_position) + static_cast<double>(r);
     for (Index i = 0; i < half; ++i) {
       // Angles in double: p * theta reaches thousands of radians for long sequences.
-      const double angle = sign * p * std::pow(base, -2.0 * static_cast<double>(i) / d);
+      const double angle =
+          sign * p * std::pow(base, -2.0 * static_cast<double>(i) / static_cast<double>(d));
       const S c = static_cast<S>(std::cos(angle)), s = static_cast<S>(std::sin(angle));
       const Index a = layout == RotaryLayout::interleaved ? 2 * i : i;
       const Index b = layout == RotaryLayout::interleaved ? 2 * i + 1 : i + half;

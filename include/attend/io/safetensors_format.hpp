@@ -152,6 +152,24 @@ inline constexpr std::uint64_t max_safetensors_header = 100000000;
 /// A valid header nests JSON containers 3 deep: top object, entry, shape/offsets array.
 inline constexpr int max_safetensors_depth = 3;
 
+/// The first `n` bytes at `p` as a quoted string for a message: printable ASCII as is,
+/// anything else as \xNN (e.g. "PK\x03\x04\x14\x00\x00\x00" for a zip archive).
+inline std::string quote_bytes(const std::uint8_t* p, std::size_t n) {
+  static const char hex[] = "0123456789ABCDEF";
+  std::string out = "\"";
+  for (std::size_t i = 0; i < n; ++i) {
+    const std::uint8_t c = p[i];
+    if (c >= 0x20 && c < 0x7f && c != '"' && c != '\\') {
+      out += static_cast<char>(c);
+    } else {
+      out += "\\x";
+      out += hex[c >> 4];
+      out += hex[c & 0xF];
+    }
+  }
+  return out + "\"";
+}
+
 [[noreturn]] inline void safetensors_fail(const std::string& source, const std::string& what) {
   throw format_error("SafeTensors: " + source + ": " + what);
 }
@@ -290,10 +308,6 @@ inline SafeTensorsEntry parse_safetensors_entry(const std::string& name, const n
   if (e.begin > e.end) {
     safetensors_fail(source, who + ": data_offsets are " + range + ", expected begin <= end");
   }
-  if (e.end > data_size) {
-    safetensors_fail(source, who + ": data_offsets are " + range + ", expected end <= " +
-                                 std::to_string(data_size) + " (the data buffer's size)");
-  }
 
   // Same overflow rule as Tensor's checked_numel, so every accepted shape fits a Tensor.
   std::uint64_t numel = 1;
@@ -316,25 +330,42 @@ inline SafeTensorsEntry parse_safetensors_entry(const std::string& name, const n
                                  std::to_string(numel * size) + " bytes (shape " +
                                  shape_string(e.shape) + " of " + to_string(e.dtype) + ")");
   }
+  // Checked last: a consistent entry whose bytes are not all there means a cut-off file.
+  if (e.end > data_size) {
+    safetensors_fail(source, "truncated file: " + who + ": data_offsets are " + range +
+                                 ", expected end <= " + std::to_string(data_size) +
+                                 " (the data buffer's size)");
+  }
   return e;
 }
 
 /// Validates the whole file in `bytes` and returns where each tensor lives.
 inline SafeTensorsLayout parse_safetensors(const std::vector<std::uint8_t>& bytes,
                                            const std::string& source) {
+  // Each message says plainly what the file is (truncated, or not safetensors at all),
+  // then the details.
   if (bytes.size() < 8) {
-    safetensors_fail(source, "file is " + std::to_string(bytes.size()) +
+    safetensors_fail(source, (bytes.empty() ? std::string("empty file") : "truncated file") +
+                                 " or not a safetensors file: file is " +
+                                 std::to_string(bytes.size()) +
                                  " bytes, expected at least 8 (the header length)");
   }
   // Both checks come before anything is allocated or read from the header.
   const std::uint64_t header_size = load_le<std::uint64_t>(bytes.data());
   const std::uint64_t after = bytes.size() - 8;
   if (header_size > max_safetensors_header) {
-    safetensors_fail(source, "header length is " + std::to_string(header_size) +
-                                 ", expected at most " + std::to_string(max_safetensors_header));
+    // Text, a zip archive (torch.save's .pt/.bin) or anything else read as a length.
+    safetensors_fail(source, "not a safetensors file: it begins with " +
+                                 quote_bytes(bytes.data(), 8) + ", read as a header length of " +
+                                 std::to_string(header_size) + ", expected at most " +
+                                 std::to_string(max_safetensors_header));
   }
   if (header_size > after) {
-    safetensors_fail(source, "header length is " + std::to_string(header_size) +
+    // A JSON header starts with '{': then the file was cut short, else it is something else.
+    const bool looks_like_header = after == 0 || bytes[8] == '{';
+    safetensors_fail(source, std::string(looks_like_header ? "truncated file"
+                                                           : "not a safetensors file") +
+                                 ": header length is " + std::to_string(header_size) +
                                  ", expected at most " + std::to_string(after) +
                                  " (the bytes after the length field)");
   }

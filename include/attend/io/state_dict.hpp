@@ -24,18 +24,20 @@ inline void require_parameter(const SafeTensors& st, const std::string& name, co
   }
   const DType dt = st.dtype(name);
   if (dt == DType::I64 || dt == DType::BOOL) {
-    throw value_error(std::string(who) + ": '" + name + "' is " + to_string(dt) +
-                      ", expected F16, BF16, F32 or F64");
+    throw value_error(std::string(who) + ": '" + name + "' in " + st.source() + " is " +
+                      to_string(dt) + ", expected F16, BF16, F32 or F64");
   }
   if (st.shape(name) != want) {
-    throw shape_error(std::string(who) + ": '" + name + "' is " + shape_string(st.shape(name)) +
-                      ", expected " + shape_string(want));
+    throw shape_error(std::string(who) + ": '" + name + "' in " + st.source() + " is " +
+                      shape_string(st.shape(name)) + ", expected " + shape_string(want));
   }
 }
 
 /// Throws value_error at the first NaN or Inf of a parameter, naming its position.
+/// `source` names the file (SafeTensors::source()).
 template <typename Scalar>
-void require_finite(const Tensor<Scalar>& t, const std::string& name, const char* who) {
+void require_finite(const Tensor<Scalar>& t, const std::string& name, const char* who,
+                    const std::string& source) {
   for (Index i = 0; i < t.size(); ++i) {
     const Scalar v = t.data()[i];
     if (std::isfinite(v)) continue;
@@ -46,8 +48,8 @@ void require_finite(const Tensor<Scalar>& t, const std::string& name, const char
       rest /= t.shape()[k];
     }
     const std::string text = std::isnan(v) ? "nan" : (v > 0 ? "inf" : "-inf");
-    throw value_error(std::string(who) + ": '" + name + "' holds " + text + " at " +
-                      shape_string(at) + ", expected finite values");
+    throw value_error(std::string(who) + ": '" + name + "' in " + source + " holds " + text +
+                      " at " + shape_string(at) + ", expected finite values");
   }
 }
 
@@ -68,7 +70,7 @@ Matrix<Scalar> load_matrix(const SafeTensors& st, const std::string& name, Index
   static_assert(is_supported_scalar_v<Scalar>, "load_matrix: Scalar must be float or double");
   detail::require_parameter(st, name, Shape{rows, cols}, "load_matrix");
   const Tensor<Scalar> t = st.get<Scalar>(name);
-  detail::require_finite(t, name, "load_matrix");
+  detail::require_finite(t, name, "load_matrix", st.source());
   return Eigen::Map<const Matrix<Scalar>>(t.data(), rows, cols);  // [rows, cols]
 }
 
@@ -83,7 +85,7 @@ Vector<Scalar> load_vector(const SafeTensors& st, const std::string& name, Index
   static_assert(is_supported_scalar_v<Scalar>, "load_vector: Scalar must be float or double");
   detail::require_parameter(st, name, Shape{n}, "load_vector");
   const Tensor<Scalar> t = st.get<Scalar>(name);
-  detail::require_finite(t, name, "load_vector");
+  detail::require_finite(t, name, "load_vector", st.source());
   return Eigen::Map<const Vector<Scalar>>(t.data(), n);  // [n]
 }
 

@@ -125,6 +125,7 @@ class Dropout {
   /// \throws value_error when x holds NaN or Inf.
   template <typename Scalar>
   Tensor<Scalar> forward(const Tensor<Scalar>& x, Rng& rng) const {
+    detail::check_finite(x, "Dropout::forward", "x");  // the index in x's own shape
     Tensor<Scalar> y(x.shape());
     y.as_matrix() = detail::dropout_forward_checked(x.as_matrix(), p_, training, rng,
                                                     static_cast<DropoutCache<Scalar>*>(nullptr),

@@ -215,7 +215,7 @@ class LayerNorm {
   ///   when x holds NaN or Inf.
   Tensor<Scalar> forward(const Tensor<Scalar>& x) const {
     check_width(x.rank() == 0 ? -1 : x.dim(-1), detail::shape_string(x.shape()));
-    detail::check_finite(x.as_matrix(), "LayerNorm::forward", "x");
+    detail::check_finite(x, "LayerNorm::forward", "x");
     Tensor<Scalar> y = x;
     forward_inplace(y.as_matrix());
     return y;

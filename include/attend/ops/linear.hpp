@@ -127,13 +127,13 @@ class Linear {
 
   /// Parameters U(-1/sqrt(in), 1/sqrt(in)) from `seed`, as PyTorch initialises them.
   /// \throws value_error when in_features or out_features is not positive.
-  Linear(Index in_features, Index out_features, bool bias = true, std::uint64_t seed = 0) {
+  Linear(Index in_features, Index out_features, bool with_bias = true, std::uint64_t seed = 0) {
     Rng rng(seed);
-    init(in_features, out_features, bias, rng);
+    init(in_features, out_features, with_bias, rng);
   }
   /// As above, drawing from a shared generator (a model initialises all layers from one).
-  Linear(Index in_features, Index out_features, bool bias, Rng& rng) {
-    init(in_features, out_features, bias, rng);
+  Linear(Index in_features, Index out_features, bool with_bias, Rng& rng) {
+    init(in_features, out_features, with_bias, rng);
   }
 
   Index in_features() const noexcept { return weight.cols(); }
@@ -166,7 +166,7 @@ class Linear {
   ///   value_error when x holds NaN or Inf.
   Tensor<Scalar> forward(const Tensor<Scalar>& x) const {
     check_input(x.rank() == 0 ? -1 : x.dim(-1), detail::shape_string(x.shape()));
-    detail::check_finite(x.as_matrix(), "Linear::forward", "x");
+    detail::check_finite(x, "Linear::forward", "x");
     Shape s = x.shape();
     s.back() = out_features();
     Tensor<Scalar> y(s);

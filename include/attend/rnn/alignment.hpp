@@ -54,7 +54,7 @@ void check_alignment_args(const MatrixCRef<S>& query, const Tensor<S>& keys, con
                       shape_string({B, keys.dim(1)}) + " (B, T)");
   }
   check_finite(query, who, "query");
-  check_finite(keys.as_matrix(), who, "keys");
+  check_finite(keys, who, "keys");
 }
 
 /// Softmax of one row of scores over keys, masked keys excluded (exactly 0), then the
@@ -172,7 +172,7 @@ class BahdanauAttention {
                         detail::shape_string(projected_keys.shape()) + ", expected " +
                         detail::shape_string(Shape{B, T, A}) + " (B, T, attention_size)");
     }
-    if (given) detail::check_finite(projected_keys.as_matrix(), who, "projected_keys");
+    if (given) detail::check_finite(projected_keys, who, "projected_keys");
     const Tensor<Scalar> own = given ? Tensor<Scalar>() : project_keys(keys);
     const Tensor<Scalar>& kp = given ? projected_keys : own;
     AlignmentResult<Scalar> r{Matrix<Scalar>(B, T), Matrix<Scalar>(B, key_size()),

@@ -152,8 +152,8 @@ void Recurrent<Scalar, CellType>::check_state(const RecurrentState<Scalar>& s, I
     throw value_error(who + ": " + c_name + " is " + detail::shape_string(s.c.shape()) +
                       ", expected empty (" + name() + " has no cell state)");
   }
-  if (s.h.size() != 0) detail::check_finite(s.h.as_matrix(), who, h_name);
-  if (s.c.size() != 0) detail::check_finite(s.c.as_matrix(), who, c_name);
+  if (s.h.size() != 0) detail::check_finite(s.h, who, h_name);
+  if (s.c.size() != 0) detail::check_finite(s.c, who, c_name);
 }
 
 template <typename Scalar, template <typename> class CellType>

@@ -295,7 +295,7 @@ AlignmentResult<Scalar> bahdanau_forward(
                       ", expected " + detail::shape_string(Shape{B, T, A}) +
                       " (B, T, attention_size)");
   }
-  if (given) detail::check_finite(projected_keys.as_matrix(), who, "projected_keys");
+  if (given) detail::check_finite(projected_keys, who, "projected_keys");
   const Tensor<Scalar> own = given ? Tensor<Scalar>() : m.project_keys(keys);
   const Tensor<Scalar>& kp = given ? projected_keys : own;
   AlignmentResult<Scalar> r{Matrix<Scalar>(B, T), Matrix<Scalar>(B, m.key_size()),

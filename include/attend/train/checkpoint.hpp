@@ -73,7 +73,7 @@ void load_parameters(const SafeTensors& st, const ParameterList<Scalar>& params,
   for (const auto& p : params) {
     detail::require_parameter(st, p.name(), p.shape(), who);
     loaded.push_back(st.get<Scalar>(p.name()));
-    detail::require_finite(loaded.back(), p.name(), who);
+    detail::require_finite(loaded.back(), p.name(), who, st.source());
   }
   for (Index i = 0; i < params.size(); ++i) params[i].value() = loaded[std::size_t(i)].flat();
 }
@@ -195,7 +195,7 @@ Vector<Scalar> read_state_tensor(const SafeTensors& st, const std::string& name,
                                  const Shape& shape) {
   require_parameter(st, name, shape, "load_optimizer");
   const Tensor<Scalar> t = st.get<Scalar>(name);
-  require_finite(t, name, "load_optimizer");
+  require_finite(t, name, "load_optimizer", st.source());
   return t.flat();
 }
 

@@ -104,9 +104,9 @@ void check_recurrent_forward(const Recurrent<S, CellType>& layer, const Tensor<S
     throw value_error(who + ": c_0 is " + shape_string(initial.c.shape()) + ", expected empty (" +
                       layer.name() + " has no cell state)");
   }
-  if (initial.h.size() != 0) check_finite(initial.h.as_matrix(), who, "h_0");
-  if (initial.c.size() != 0) check_finite(initial.c.as_matrix(), who, "c_0");
-  check_finite(input.as_matrix(), who, "input");
+  if (initial.h.size() != 0) check_finite(initial.h, who, "h_0");
+  if (initial.c.size() != 0) check_finite(initial.c, who, "c_0");
+  check_finite(input, who, "input");
   if (!lengths.empty() && static_cast<Index>(lengths.size()) != B) {
     throw shape_error(who + ": lengths has " + std::to_string(lengths.size()) +
                       " entries, expected " + std::to_string(B) + " (B)");
