@@ -1157,24 +1157,25 @@ TEMPLATE_TEST_CASE("scaled_dot_product.hpp: NaN/Inf inputs and a non-finite scal
   REQUIRE_THROWS_WITH(sdpa(q, k, v, std::numeric_limits<double>::quiet_NaN()),
                       "scaled_dot_product_attention: scale is nan, expected a finite value");
 
-  // Tensor form: same messages; the index is into the [prod(leading), last] matrix, so
-  // element (1, 0, 2, 1) of a [2, 2, 5, 2] value is row (1 * 2 + 0) * 5 + 2 = 12.
+  // Tensor form: same messages, with the full index into the caller's tensor.
   const Tensor<S> tq({2, 2, 3, 4}), tk({2, 2, 5, 4});
   Tensor<S> tv({2, 2, 5, 2});
   tv(1, 0, 2, 1) = nan;
   REQUIRE_THROWS_AS(attend::scaled_dot_product_attention(tq, tk, tv), attend::value_error);
   REQUIRE_THROWS_WITH(
       attend::scaled_dot_product_attention(tq, tk, tv),
-      "scaled_dot_product_attention: value has a non-finite value (nan) at [12, 1]");
+      "scaled_dot_product_attention: value has a non-finite value (nan) at [1, 0, 2, 1]");
   tv.fill(S(0));
   Tensor<S> tq_bad = tq, tk_bad = tk;
-  tq_bad(0, 1, 2, 3) = inf<S>;  // row (0 * 2 + 1) * 3 + 2 = 5
-  tk_bad(1, 1, 0, 0) = nan;     // row (1 * 2 + 1) * 5 + 0 = 15
+  tq_bad(0, 1, 2, 3) = inf<S>;
+  tk_bad(1, 1, 0, 0) = nan;
   REQUIRE_THROWS_AS(attend::scaled_dot_product_attention(tq_bad, tk, tv), attend::value_error);
-  REQUIRE_THROWS_WITH(attend::scaled_dot_product_attention(tq_bad, tk, tv),
-                      "scaled_dot_product_attention: query has a non-finite value (inf) at [5, 3]");
-  REQUIRE_THROWS_WITH(attend::scaled_dot_product_attention(tq, tk_bad, tv),
-                      "scaled_dot_product_attention: key has a non-finite value (nan) at [15, 0]");
+  REQUIRE_THROWS_WITH(
+      attend::scaled_dot_product_attention(tq_bad, tk, tv),
+      "scaled_dot_product_attention: query has a non-finite value (inf) at [0, 1, 2, 3]");
+  REQUIRE_THROWS_WITH(
+      attend::scaled_dot_product_attention(tq, tk_bad, tv),
+      "scaled_dot_product_attention: key has a non-finite value (nan) at [1, 1, 0, 0]");
   REQUIRE_THROWS_WITH(attend::scaled_dot_product_attention(tq, tk, tv, Mask(), -inf<double>),
                       "scaled_dot_product_attention: scale is -inf, expected a finite value");
 }
@@ -1344,12 +1345,15 @@ TEMPLATE_TEST_CASE("multihead.hpp: wrong query/key/value/mask shapes are rejecte
   REQUIRE_THROWS_WITH(fwd(q, Tensor<S>({7, 2, 6}), kv),
                       "MultiheadAttention::forward: key is [7, 2, 6], expected [S, 2, 8] (kdim)");
   REQUIRE_THROWS_WITH(fwd(q, Tensor<S>({7, 3, 8}), kv),
-                      "MultiheadAttention::forward: key is [7, 3, 8], expected [S, 2, 8] (B of query)");
+                      "MultiheadAttention::forward: key is [7, 3, 8], expected [S, 2, 8] (B of "
+                      "query)");
   REQUIRE_THROWS_WITH(fwd(q, Tensor<S>({7, 8}), kv),
-                      "MultiheadAttention::forward: key is [7, 8], expected [S, 2, 8] (rank of query)");
+                      "MultiheadAttention::forward: key is [7, 8], expected [S, 2, 8] (rank of "
+                      "query)");
   REQUIRE_THROWS_AS(fwd(q, kv, Tensor<S>({6, 2, 8})), attend::shape_error);
   REQUIRE_THROWS_WITH(fwd(q, kv, Tensor<S>({6, 2, 8})),
-                      "MultiheadAttention::forward: value is [6, 2, 8], expected [7, 2, 8] (S of key)");
+                      "MultiheadAttention::forward: value is [6, 2, 8], expected [7, 2, 8] (S of "
+                      "key)");
   REQUIRE_THROWS_WITH(fwd(q, kv, Tensor<S>({7, 2, 4})),
                       "MultiheadAttention::forward: value is [7, 2, 4], expected [7, 2, 8] (vdim)");
 
@@ -1359,7 +1363,8 @@ TEMPLATE_TEST_CASE("multihead.hpp: wrong query/key/value/mask shapes are rejecte
   MultiheadAttention<S> bf = mha;
   bf.options.batch_first = true;
   REQUIRE_THROWS_WITH(bf.forward(Tensor<S>({2, 5, 8}), Tensor<S>({3, 7, 8}), Tensor<S>({3, 7, 8})),
-                      "MultiheadAttention::forward: key is [3, 7, 8], expected [2, S, 8] (B of query)");
+                      "MultiheadAttention::forward: key is [3, 7, 8], expected [2, S, 8] (B of "
+                      "query)");
   REQUIRE_THROWS_WITH(bf.forward(Tensor<S>({2, 5, 3})),
                       "MultiheadAttention::forward: query is [2, 5, 3], expected [2, L, 8] "
                       "(embed_dim)");
@@ -1388,13 +1393,16 @@ TEMPLATE_TEST_CASE("multihead.hpp: wrong query/key/value/mask shapes are rejecte
   bad(4, 1, 3) = std::numeric_limits<S>::quiet_NaN();
   REQUIRE_THROWS_AS(mha.forward(bad), attend::value_error);
   REQUIRE_THROWS_WITH(mha.forward(bad),
-                      "MultiheadAttention::forward: query has a non-finite value (nan) at [9, 3]");
+                      "MultiheadAttention::forward: query has a non-finite value (nan) at [4, 1, "
+                      "3]");
   Tensor<S> bad_kv = kv;
   bad_kv(0, 0, 0) = inf<S>;
   REQUIRE_THROWS_WITH(fwd(q, bad_kv, kv),
-                      "MultiheadAttention::forward: key has a non-finite value (inf) at [0, 0]");
+                      "MultiheadAttention::forward: key has a non-finite value (inf) at [0, 0, "
+                      "0]");
   REQUIRE_THROWS_WITH(fwd(q, kv, bad_kv),
-                      "MultiheadAttention::forward: value has a non-finite value (inf) at [0, 0]");
+                      "MultiheadAttention::forward: value has a non-finite value (inf) at [0, 0, "
+                      "0]");
 }
 
 // Regression: Mask::apply and is_blocked computed `i + offset`, which overflowed for an
