@@ -59,13 +59,36 @@ std::vector<std::uint8_t> read_all(const std::string& path, bool& ok) {
 }  // namespace
 
 int main(int argc, char** argv) {
-  if (argc < 2) {
-    std::cerr << "usage: attend-conformance <file.safetensors | folder>...\n"
-                 "Runs every fixture case (FIXTURES.md) and prints PASS, FAIL or UNSUPPORTED.\n";
+  const char* usage =
+      "usage: attend-conformance [--] <file.safetensors | folder>...\n"
+      "       attend-conformance -h | --help\n"
+      "Runs every fixture case (docs/fixtures.md) under the given files and folders and\n"
+      "prints PASS, FAIL or UNSUPPORTED per case, then 'N passed, N failed'.\n"
+      "Exit status: 0 when every case passed, 1 otherwise, 2 on a usage error.\n";
+  // Options first; after "--" every argument is a path (a file may be named "--help").
+  std::vector<char*> paths{argv[0]};
+  bool options_done = false;
+  for (int i = 1; i < argc; ++i) {
+    const std::string arg = argv[i];
+    if (!options_done && arg == "--") {
+      options_done = true;
+    } else if (!options_done && (arg == "-h" || arg == "--help")) {
+      std::cout << usage;
+      return 0;
+    } else if (!options_done && arg.size() > 1 && arg[0] == '-') {
+      std::cerr << "attend-conformance: unknown option '" << arg << "'\n" << usage;
+      return 2;
+    } else {
+      paths.push_back(argv[i]);
+    }
+  }
+  if (paths.size() < 2) {
+    std::cerr << usage;
     return 2;
   }
   std::vector<std::string> problems;
-  const std::vector<std::string> files = collect(argc, argv, problems);
+  const std::vector<std::string> files =
+      collect(static_cast<int>(paths.size()), paths.data(), problems);
   int passed = 0, failed = 0;
   for (const std::string& m : problems) {
     std::cout << "FAIL   " << one_line(m) << "\n";
