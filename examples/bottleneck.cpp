@@ -19,18 +19,14 @@
 // as bottleneck_alignment.png (an anti-diagonal when it has learned to reverse).
 // A small-scale, qualitative version of Bahdanau, Cho & Bengio (2015), figure 2.
 //
+// `make demo` runs bottleneck_demo instead: two models, one task, about a minute.
+//
 // Usage: bottleneck [--full | --smoke] [--steps N] [--seed N] [--threads N]
-//   (default) a shortened run for the demo (a few minutes on 2 cores)
+//   (default) a shortened run (a few minutes on 2 cores)
 //   --full    the run of docs/bottleneck.md (under 10 minutes on 2 cores)
 //   --smoke   a few training steps per model (the test suite runs this)
 //   --steps N updates per model and task instead of the mode's number
 //   --threads N  worker threads (default 2); each model and task trains on one thread
-#include "attend/core/random.hpp"
-#include "attend/rnn/seq2seq.hpp"
-#include "attend/train/optim.hpp"
-#include "attend/train/parameters.hpp"
-#include "attend/train/seq2seq_backward.hpp"
-#include "attend/train/seq2seq_batch.hpp"
 #include "attend/train/transformer_seq2seq_backward.hpp"
 #include "attend/transformer/seq2seq.hpp"
 
@@ -52,6 +48,7 @@
 #include "common/line_plot.hpp"
 #include "common/png.hpp"
 #include "common/print.hpp"
+#include "common/recurrent_task.hpp"
 
 namespace {
 
@@ -59,49 +56,26 @@ using attend::Index;
 using Scalar = float;
 using Ids = std::vector<std::int64_t>;
 
-// ---- the tasks ---------------------------------------------------------------------------
+// ---- the tasks (common/recurrent_task.hpp) ------------------------------------------------
 
-constexpr std::int64_t kPad = 0, kBos = 1, kEos = 2, kFirstSymbol = 3;
+using examples::Batch;
+using examples::Example;
+using examples::Ids;
+using examples::kBos;
+using examples::kEos;
+using examples::kFirstSymbol;
+using examples::kPad;
 constexpr Index kSymbols = 16;                     // distinct input symbols
 constexpr Index kVocab = kFirstSymbol + kSymbols;  // ids 0 .. 18
 constexpr Index kMinLength = 5, kMaxLength = 60;
 
-/// One example: source symbols and the expected output (the same, or reversed).
-struct Example {
-  Ids source, target;
-};
-
-Example make_example(attend::Rng& rng, Index length, bool reverse) {
-  Example e;
-  for (Index t = 0; t < length; ++t) {
-    e.source.push_back(kFirstSymbol + static_cast<std::int64_t>(rng.next() % kSymbols));
-  }
-  e.target = e.source;
-  if (reverse) std::reverse(e.target.begin(), e.target.end());
-  return e;
-}
-
-Index random_length(attend::Rng& rng) {
-  return kMinLength + static_cast<Index>(rng.next() % (kMaxLength - kMinLength + 1));
-}
-
-/// A training batch: sources, decoder inputs (bos, y_1 .. y_n) and outputs (y_1 .. y_n, eos).
-struct Batch {
-  std::vector<Ids> source, target_in, target_out;
-};
-
-Batch make_batch(attend::Rng& rng, Index size, bool reverse) {
-  Batch b;
-  for (Index i = 0; i < size; ++i) {
-    const Example e = make_example(rng, random_length(rng), reverse);
-    b.source.push_back(e.source);
-    Ids in{kBos}, out = e.target;
-    in.insert(in.end(), e.target.begin(), e.target.end());
-    out.push_back(kEos);
-    b.target_in.push_back(in);
-    b.target_out.push_back(out);
-  }
-  return b;
+examples::Task task(bool reverse) {
+  examples::Task t;
+  t.symbols = kSymbols;
+  t.min_length = kMinLength;
+  t.max_length = kMaxLength;
+  t.reverse = reverse;
+  return t;
 }
 
 // ---- the models --------------------------------------------------------------------------
@@ -119,17 +93,6 @@ class Model {
   virtual std::vector<Ids> decode(const std::vector<Ids>& source) = 0;
 };
 
-/// A model with its gradients, in the form collect_parameters and the optimisers take.
-template <typename M, typename G>
-struct Trainable {
-  M model;
-  G grads;
-  template <typename Visit>
-  void named_parameters(Visit&& visit) {
-    attend::named_parameters(model, grads, visit);
-  }
-};
-
 /// Sizes of the experiment's models (about 160k-170k parameters each with V = 19).
 constexpr Index kEmbedding = 32;
 constexpr Index kLstmHidden = 128;      // the bottleneck model
@@ -137,71 +100,36 @@ constexpr Index kAttentionHidden = 96;  // the attention model (its decoder read
 constexpr Index kModelWidth = 64, kHeads = 4, kFeedForward = 128, kLayers = 2;  // transformer
 constexpr double kClipNorm = 1.0;  // global gradient norm, every model
 
-/// The LSTM encoder-decoder, without (the bottleneck) or with Bahdanau attention, trained
-/// with Adam and gradient clipping on the batched teacher-forced loss.
+/// The LSTM encoder-decoder, without (the bottleneck) or with Bahdanau attention
+/// (examples::RecurrentModel: Adam, lr 3e-3, gradients clipped to kClipNorm).
 class RecurrentModel final : public Model {
  public:
   RecurrentModel(bool attention, std::uint64_t seed)
-      : attention_(attention), t_{attend::Seq2Seq<Scalar>(options(attention), seed), {}} {
-    attend::AdamOptions o;
-    o.lr = 3e-3;
-    adam_ = attend::Adam<Scalar>(o);
-  }
+      : attention_(attention), m_(task(false), settings(attention), seed) {}
   std::string name() const override { return attention_ ? "attention" : "lstm"; }
-  Index parameter_count() override { return params().numel(); }
-  double train_step(const Batch& b, Index) override {
-    attend::Seq2SeqCache<Scalar> cache;
-    const double loss = attend::seq2seq_loss(t_.model, b.source, b.target_in, b.target_out, &cache);
-    const attend::ParameterList<Scalar>& p = params();
-    attend::zero_grad(p);
-    attend::seq2seq_backward(t_.model, cache, t_.grads);
-    attend::clip_grad_norm_(p, kClipNorm);
-    adam_.step(p);
-    return loss;
-  }
+  Index parameter_count() override { return m_.parameter_count(); }
+  double train_step(const Batch& b, Index) override { return m_.train_step(b); }
   std::vector<Ids> decode(const std::vector<Ids>& source) override {
-    return attend::seq2seq_greedy_decode(t_.model, source, kBos, kEos, kMaxLength + 1);
+    return m_.decode(source, kMaxLength);
   }
   /// The alignment matrix [output steps, input steps] of one source (attention model only).
   attend::Matrix<Scalar> alignment(const Ids& source, Ids& output) const {
-    const attend::Seq2SeqMemory<Scalar> memory = t_.model.encode(source);
-    attend::Seq2SeqState<Scalar> state = t_.model.start(memory);
-    std::int64_t token = kBos;
-    for (std::size_t i = 0; i < source.size(); ++i) {
-      const attend::Matrix<Scalar> logits = t_.model.step(token, state, memory);
-      Index best = 0;
-      logits.row(0).maxCoeff(&best);
-      token = best;
-      output.push_back(token);
-    }
-    return state.alignment;
+    return m_.alignment(source, output);
   }
 
  private:
-  static attend::Seq2SeqOptions options(bool attention) {
-    attend::Seq2SeqOptions o;
-    o.source_vocab = o.target_vocab = kVocab;
-    o.embedding_dim = kEmbedding;
-    o.hidden_size = attention ? kAttentionHidden : kLstmHidden;
-    o.attention = attention ? attend::AttentionKind::bahdanau : attend::AttentionKind::none;
-    return o;
-  }
-  // Gradients are sized by the first backward; the list points into them, so it is built
-  // once they exist (a zero-loss backward of one tiny batch).
-  const attend::ParameterList<Scalar>& params() {
-    if (params_.size() == 0) {
-      attend::Seq2SeqCache<Scalar> cache;
-      attend::seq2seq_loss(t_.model, {{kFirstSymbol}}, {{kBos}}, {{kEos}}, &cache);
-      attend::seq2seq_backward(t_.model, cache, t_.grads, 0.0);
-      params_ = attend::collect_parameters<Scalar>(t_);
-    }
-    return params_;
+  static examples::RecurrentSettings settings(bool attention) {
+    examples::RecurrentSettings s;
+    s.attention = attention;
+    s.embedding = kEmbedding;
+    s.hidden = attention ? kAttentionHidden : kLstmHidden;
+    s.lr = 3e-3;
+    s.clip_norm = kClipNorm;
+    return s;
   }
 
   bool attention_;
-  Trainable<attend::Seq2Seq<Scalar>, attend::Seq2SeqGrad<Scalar>> t_;
-  attend::Adam<Scalar> adam_;
-  attend::ParameterList<Scalar> params_;
+  examples::RecurrentModel<Scalar> m_;
 };
 
 /// A small encoder-decoder transformer (pre-norm, which trains without a long warmup),
@@ -309,7 +237,8 @@ class TransformerModel final : public Model {
     return out;
   }
 
-  Trainable<attend::TransformerSeq2Seq<Scalar>, attend::TransformerSeq2SeqGrad<Scalar>> t_;
+  examples::Trainable<attend::TransformerSeq2Seq<Scalar>, attend::TransformerSeq2SeqGrad<Scalar>>
+      t_;
   attend::Adam<Scalar> adam_;
   attend::ParameterList<Scalar> params_;
 };
@@ -343,7 +272,7 @@ Curve evaluate(Model& model, bool reverse, const Settings& s, std::uint64_t seed
       const Index hi = b + 1 == buckets ? kMaxLength : lo + s.bucket - 1;
       const Index length =
           lo + static_cast<Index>(rng.next() % static_cast<std::uint64_t>(hi - lo + 1));
-      const Example e = make_example(rng, length, reverse);
+      const Example e = examples::make_example(rng, task(reverse), length);
       sources.push_back(e.source);
       targets.push_back(e.target);
     }
@@ -384,7 +313,8 @@ void run(Job& job, const Settings& s, std::uint64_t seed) {
   double recent = 0;
   const Index window = std::max<Index>(1, std::min<Index>(50, s.train_steps / 4));
   for (Index step = 0; step < s.train_steps; ++step) {
-    const double loss = model->train_step(make_batch(data, s.batch, job.reverse), step);
+    const double loss =
+        model->train_step(examples::make_batch(data, task(job.reverse), s.batch), step);
     if (step == 0) job.first_loss = loss;
     if (step >= s.train_steps - window) recent += loss;
   }
@@ -392,7 +322,7 @@ void run(Job& job, const Settings& s, std::uint64_t seed) {
   job.curve = evaluate(*model, job.reverse, s, seed + 7);  // held-out: another stream
   if (job.model == "attention" && job.reverse) {
     attend::Rng pick(seed + 11);
-    job.align_source = make_example(pick, 16, true).source;
+    job.align_source = examples::make_example(pick, task(true), 16).source;
     job.alignment =
         static_cast<RecurrentModel&>(*model).alignment(job.align_source, job.align_output);
   }
@@ -431,7 +361,7 @@ std::string symbol(std::int64_t id) {
 
 int main(int argc, char** argv) {
   try {
-    std::string mode = "demo";
+    std::string mode = "short";
     std::uint64_t seed = 1;
     unsigned threads = 2;
     long steps = 0;
@@ -456,7 +386,7 @@ int main(int argc, char** argv) {
     Settings s;
     if (mode == "smoke") {
       s.train_steps = 3, s.batch = 4, s.test_per_length = 1;
-    } else if (mode == "demo") {
+    } else if (mode == "short") {
       s.train_steps = 200, s.test_per_length = 20;
     } else {
       s.train_steps = 1000, s.test_per_length = 100;
