@@ -310,6 +310,21 @@ void ops_rows(Table& t) {
   t.value("Linear::forward (tensor) with +inf in x", {"Linear::forward", "x", "non-finite"}, [] {
     Linear<S>(3, 2).forward(poison(randn<S>({2, 2, 3}), inf_v<S>, 7));
   });
+  // Indices in the caller's coordinates: the full index into x, never a row of the
+  // flattened [2 * 13, 8] view (that was "at [15, 3]": row 1 * 13 + 2 = 15).
+  t.value("Linear::forward (tensor) names NaN by its full index",
+          {"Linear::forward: x has a non-finite value (nan) at [1, 2, 3]"}, [] {
+            Tensor<S> x = randn<S>({2, 13, 8});
+            x(1, 2, 3) = nan_v<S>;
+            Linear<S>(8, 4).forward(x);
+          });
+  // One batch: the batch index 0 is kept (it was "at [4, 1]").
+  t.value("LayerNorm::forward (tensor) keeps the batch index of one batch",
+          {"LayerNorm::forward: x has a non-finite value (-inf) at [0, 4, 1]"}, [] {
+            Tensor<S> x = randn<S>({1, 6, 3});
+            x(0, 4, 1) = -inf_v<S>;
+            LayerNorm<S>(3).forward(x);
+          });
   t.value("linear_forward with NaN in x", {"linear_forward", "x", "non-finite"},
           [] { linear_forward(poison(randm<S>(2, 3), nan_v<S>), randm<S>(2, 3)); });
 
@@ -665,7 +680,8 @@ void multihead_rows(Table& t) {
     MultiheadAttention<S>(mha_options())
         .forward(randn<S>({3, 2, 8}), randn<S>({5, 3, 8}), randn<S>({5, 3, 8}));
   });
-  t.shape("MultiheadAttention::forward with value of another length", {fwd, "value is [4, 2, 8]"},
+  t.shape("MultiheadAttention::forward with value of another length",
+          {"MultiheadAttention::forward: value is [4, 2, 8], expected [5, 2, 8] (S of key)"},
           [] {
             MultiheadAttention<S>(mha_options())
                 .forward(randn<S>({3, 2, 8}), randn<S>({5, 2, 8}), randn<S>({4, 2, 8}));
@@ -690,6 +706,15 @@ void multihead_rows(Table& t) {
   t.value("MultiheadAttention::forward with NaN in query (self-attention)",
           {fwd, "query", "non-finite"}, [] {
             MultiheadAttention<S>(mha_options()).forward(poison(randn<S>({3, 2, 8}), nan_v<S>));
+          });
+  // batch_first with B = 1: the full index [0, l, e] (it was "at [2, 5]").
+  t.value("MultiheadAttention::forward with NaN in query, one batch, full index",
+          {"MultiheadAttention::forward: query has a non-finite value (nan) at [0, 2, 5]"}, [] {
+            MultiheadAttentionOptions o = mha_options();
+            o.batch_first = true;
+            Tensor<S> q = randn<S>({1, 3, 8});
+            q(0, 2, 5) = nan_v<S>;
+            MultiheadAttention<S>(o).forward(q);
           });
   t.value("MultiheadAttention::forward with +inf in key", {fwd, "key", "non-finite"}, [] {
     MultiheadAttention<S>(mha_options())
@@ -875,6 +900,29 @@ void io_rows(Table& t) {
              SafeTensors::parse(
                  raw_file(R"({"x":{"dtype":"F32","shape":[2],"data_offsets":[0,8]}})", 4));
            });
+  t.format("SafeTensors::parse of a file cut inside its data",
+           {"SafeTensors: <buffer>: truncated file: tensor 'x': data_offsets are [0, 8], "
+            "expected end <= 4 (the data buffer's size)"},
+           [] {
+             SafeTensors::parse(
+                 raw_file(R"({"x":{"dtype":"F32","shape":[2],"data_offsets":[0,8]}})", 4));
+           });
+  t.format("SafeTensors::parse of a text file",
+           {"SafeTensors: notes.txt: not a safetensors file: it begins with \"# notes\\x0A\", "
+            "read as a header length of 753057113461104675, expected at most 100000000"},
+           [] {
+             // "# notes\n" little-endian: 0x0A7365746F6E2023 = 753057113461104675.
+             const std::string text = "# notes\nnothing here\n";
+             SafeTensors::parse(std::vector<std::uint8_t>(text.begin(), text.end()), "notes.txt");
+           });
+  t.shape("Linear::load_state_dict of a weight of another shape names the file",
+          {"load_matrix: 'fc.weight' in state is [3, 2], expected [2, 3]"}, [] {
+            Linear<S>(3, 2).load_state_dict(state([](SafeTensorsWriter& w) {
+              w.add("fc.weight", randn<S>({3, 2}));
+              w.add("fc.bias", randn<S>({2}));
+            }),
+                                            "fc.");
+          });
   t.format("SafeTensors::parse of a shape that overflows", {"SafeTensors", "'x'", "overflows"}, [] {
     SafeTensors::parse(
         raw_file(R"({"x":{"dtype":"F32","shape":[4294967296,4294967296],"data_offsets":[0,0]}})"));
@@ -1689,7 +1737,7 @@ void train_optim_rows(Table& t) {
                     }),
                     m.list());
   });
-  t.shape("load_parameters with a weight of another shape", {lp, "'w' is [3, 2]"}, [] {
+  t.shape("load_parameters with a weight of another shape", {lp, "'w' in state is [3, 2]"}, [] {
     TwoParams<S> m;
     load_parameters(state([](SafeTensorsWriter& w) {
                       w.add("w", randn<S>({3, 2}));
@@ -1697,7 +1745,7 @@ void train_optim_rows(Table& t) {
                     }),
                     m.list());
   });
-  t.value("load_parameters with NaN", {lp, "'b' holds nan at [1]"}, [] {
+  t.value("load_parameters with NaN", {lp, "'b' in state holds nan at [1]"}, [] {
     TwoParams<S> m;
     load_parameters(state([](SafeTensorsWriter& w) {
                       w.add("w", randn<S>({2, 3}));
@@ -1785,7 +1833,7 @@ void train_optim_rows(Table& t) {
                            sgd, m.list());
           });
   t.shape("load_optimizer with a state tensor of the wrong shape",
-          {lo, "'state.b.momentum_buffer' is [3]"}, [] {
+          {lo, "'state.b.momentum_buffer' in state is [3]"}, [] {
             TwoParams<S> m;
             SGD<S> sgd(sgd_options());
             load_optimizer(state([&](SafeTensorsWriter& w) {
@@ -2022,9 +2070,9 @@ void train_rnn_rows(Table& t) {
   // Decision: unlike LSTM::forward, the training forward checks padded steps too; their
   // inputs enter the weight gradient as 0 * x, so NaN there would poison dW_ih.
   t.value("recurrent_forward with NaN only in padded steps",
-          {"LSTM::forward", "input has a non-finite value (nan) at [7, 0]"}, [] {
+          {"LSTM::forward", "input has a non-finite value (nan) at [3, 1, 0]"}, [] {
             Tensor<S> x = randn<S>({5, 2, 3});
-            x(3, 1, 0) = nan_v<S>;  // sequence 1 has length 3: step 3 is padding; row 3 * 2 + 1
+            x(3, 1, 0) = nan_v<S>;  // sequence 1 has length 3: step 3 is padding
             RecurrentCache<S> c;
             recurrent_forward(LSTM<S>(rnn_options()), x, {}, {5, 3}, &c);
           });
