@@ -98,7 +98,7 @@ Steps 2 and 3 take a few minutes each on the machine above. Run them on an idle 
 if you can; `--benchmark_filter=Sdpa` (attend-bench) and `--filter Sdpa`
 (torch_bench.py) narrow a run (`LSTM` for the recurrent rows).
 
-## Targets (issue 5)
+## Targets
 
 Single thread, float, d_k = 64, ratios from the run above unless said otherwise.
 

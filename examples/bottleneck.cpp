@@ -463,8 +463,11 @@ int main(int argc, char** argv) {
     for (std::int64_t id : a.align_source) in.push_back(symbol(id));
     for (std::int64_t id : a.align_output) out.push_back(symbol(id));
     examples::LabelledHeatmapOptions o;
+    o.title = "Attention model's alignment, reverse (red: wrong outputs)";
     o.row_title = "output";
     o.col_title = "input";
+    o.bar_title = "attention weight";
+    o.row_marks = examples::wrong_outputs(task(true), a.align_source, a.align_output);
     examples::png::write("bottleneck_alignment.png",
                          examples::labelled_heatmap(a.alignment, out, in, o));
     std::printf(

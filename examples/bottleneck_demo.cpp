@@ -343,8 +343,11 @@ int main(int argc, char** argv) {
     for (std::int64_t id : align_source) in.push_back(symbol(id));
     for (std::int64_t id : jobs[1].align_output) out.push_back(symbol(id));
     examples::LabelledHeatmapOptions o;
+    o.title = "Attention model's alignment, " + task_name + " (red: wrong outputs)";
     o.row_title = "output";
     o.col_title = "input";
+    o.bar_title = "attention weight";
+    o.row_marks = examples::wrong_outputs(task, align_source, jobs[1].align_output);
     examples::png::write("bottleneck_demo_alignment.png",
                          examples::labelled_heatmap(jobs[1].alignment, out, in, o));
     std::printf(

@@ -354,7 +354,7 @@ TEST_CASE("safetensors: get rejects incompatible dtypes", "[io]") {
                       "SafeTensors::get: tensor 'x' in <buffer> is F32, expected BOOL or I64 "
                       "(reading as bool)");
 
-  // I64 holding only 0/1 reads as bool (FIXTURES.md: masks may come as I64 0/1).
+  // I64 holding only 0/1 reads as bool (docs/fixtures.md: masks may come as I64 0/1).
   const Tensor<bool> bits = st.get<bool>("bits");
   REQUIRE(bits(0));
   REQUIRE_FALSE(bits(1));

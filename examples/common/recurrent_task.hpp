@@ -49,6 +49,18 @@ inline Example make_example(attend::Rng& rng, const Task& task, attend::Index le
   return e;
 }
 
+/// Which output rows of an alignment figure are wrong: row i is wrong when output[i]
+/// differs from the task's target for `source` (or lies past its end, e.g. a missing eos).
+inline std::vector<bool> wrong_outputs(const Task& task, const Ids& source, const Ids& output) {
+  Ids target = source;
+  if (task.reverse) std::reverse(target.begin(), target.end());
+  std::vector<bool> wrong(output.size());
+  for (std::size_t i = 0; i < output.size(); ++i) {
+    wrong[i] = i >= target.size() || output[i] != target[i];
+  }
+  return wrong;
+}
+
 /// A training batch: sources, decoder inputs (bos, y_1 .. y_n), outputs (y_1 .. y_n, eos).
 struct Batch {
   std::vector<Ids> source, target_in, target_out;
