@@ -1,5 +1,5 @@
 // SPDX-License-Identifier: MIT
-// attend-conformance: runs every FIXTURES.md case under the given files or folders.
+// attend-conformance: runs every docs/fixtures.md case under the given files or folders.
 #include <algorithm>
 #include <cstdio>
 #include <filesystem>
