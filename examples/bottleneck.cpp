@@ -436,9 +436,9 @@ int main(int argc, char** argv) {
       for (const char* m : order) std::printf(" %12s", m);
       std::printf("\n");
       examples::Panel panel;
-      panel.title = task;
-      panel.x_label = "input length (bucket start)";
-      panel.y_label = "token accuracy";
+      panel.title = task + ": token accuracy by input length";
+      panel.x_label = "input length (bucket start, symbols)";
+      panel.y_label = "token accuracy (greedy decoding)";
       for (std::size_t k = 0; k < 3; ++k) panel.series.push_back({order[k], {}, {}, colours[k]});
       const Index buckets = bucket_count(s);
       for (Index b = 0; b < buckets; ++b) {
