@@ -7,9 +7,9 @@
 // clang-format off
 #include "attend/core/errors.hpp"
 #include "attend/core/types.hpp"
-#include "attend/core/finite.hpp"
 #include "attend/core/random.hpp"
 #include "attend/core/tensor.hpp"
+#include "attend/core/finite.hpp"
 
 #include "attend/io/safetensors_format.hpp"
 #include "attend/io/safetensors.hpp"
