@@ -56,18 +56,9 @@ void run_softmax_grad(const Case& c, Outputs<S>& out) {
   allow_inputs(c, {"input"});
   allow_upstreams(c, {"output"});
   const Tensor<S> x = c.st->get<S>("input.input");
-  const Index r = x.rank();
-  Index dim = opt_int(c, "dim").value_or(-1);
-  if (dim < 0) dim += r;
-  if (r == 0 || dim < 0 || dim >= r) {
-    throw format_error("option 'dim' is out of range for input " +
-                       attend::detail::shape_string(x.shape()));
-  }
+  const SoftmaxAxis axis = read_softmax_axis(c, x.shape());  // named: lambdas capture it
+  const Index outer = axis.outer, n = axis.n, inner = axis.inner;
   const Tensor<S> dy = upstream_or_zeros<S>(c, "output", x.shape());
-  Index outer = 1, inner = 1;
-  for (Index i = 0; i < dim; ++i) outer *= x.dim(i);
-  for (Index i = dim + 1; i < r; ++i) inner *= x.dim(i);
-  const Index n = x.dim(dim);
   Tensor<S> y(x.shape()), dx(x.shape());
   Matrix<S> row(1, n), drow(1, n);
   for (Index o = 0; o < outer && n > 0; ++o) {

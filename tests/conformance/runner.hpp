@@ -208,22 +208,33 @@ void no_empty_rows(const Tensor<S>& key, Index s_axis) {
 template <typename S>
 using Outputs = std::map<std::string, Tensor<S>>;
 
+/// A softmax case's axis (option `dim`, default -1) as strided rows of `shape`: element j
+/// of row (o, in) is at flat index (o * n + j) * inner + in.
+struct SoftmaxAxis {
+  Index outer = 1, n = 0, inner = 1;
+};
+
+inline SoftmaxAxis read_softmax_axis(const Case& c, const Shape& shape) {
+  const Index r = static_cast<Index>(shape.size());
+  Index dim = opt_int(c, "dim").value_or(-1);
+  if (dim < 0) dim += r;
+  if (r == 0 || dim < 0 || dim >= r) {
+    throw format_error("option 'dim' is out of range for input " +
+                       attend::detail::shape_string(shape));
+  }
+  SoftmaxAxis a;
+  for (Index i = 0; i < dim; ++i) a.outer *= shape[static_cast<std::size_t>(i)];
+  for (Index i = dim + 1; i < r; ++i) a.inner *= shape[static_cast<std::size_t>(i)];
+  a.n = shape[static_cast<std::size_t>(dim)];
+  return a;
+}
+
 template <typename S>
 Outputs<S> run_softmax(const Case& c) {
   allow_options(c, {"dim"});
   allow_inputs(c, {"input"});
   const Tensor<S> x = c.st->get<S>("input.input");
-  const Index r = x.rank();
-  Index dim = opt_int(c, "dim").value_or(-1);
-  if (dim < 0) dim += r;
-  if (r == 0 || dim < 0 || dim >= r) {
-    throw format_error("option 'dim' is out of range for input " +
-                       attend::detail::shape_string(x.shape()));
-  }
-  Index outer = 1, inner = 1;
-  for (Index i = 0; i < dim; ++i) outer *= x.dim(i);
-  for (Index i = dim + 1; i < r; ++i) inner *= x.dim(i);
-  const Index n = x.dim(dim);
+  const auto [outer, n, inner] = read_softmax_axis(c, x.shape());
   Tensor<S> y(x.shape());
   if (y.size() == 0) return {{"output", y}};  // attend::softmax asserts on an empty row
   Matrix<S> row(1, n);
